@@ -1,0 +1,64 @@
+"""The one error type users see: a list of located, one-line diagnostics.
+
+Every problem with a spec — YAML syntax, schema, shapes, meaning — ends up as a
+:class:`Diagnostic` so that the CLI can print all of them at once, one per line,
+as ``file:line:col: key.path: message``, and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from difflib import get_close_matches
+from typing import Iterable
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a value was written: 1-based line and column in ``file``."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem: where it was written, which key it concerns, and what is wrong."""
+
+    position: Position | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.position}: " if self.position else ""
+        key = f"{self.path}: " if self.path else ""
+        # Keep the one-line promise even when a message quotes user text.
+        return f"{where}{key}{self.message}".replace("\n", " ")
+
+
+class SpecError(Exception):
+    """A spec (or an override of one) is invalid. Carries every diagnostic found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(
+            diagnostics, key=lambda d: (d.position or Position("", 0, 0), d.path)
+        )
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+    @classmethod
+    def single(cls, message: str, *, position: Position | None = None, path: str = "") -> "SpecError":
+        return cls([Diagnostic(position, path, message)])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ` (did you mean 'x'?)` suffix, or an empty string when nothing is close."""
+    close = get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def dotted(path: Iterable[object]) -> str:
+    """``('model', 3, 'out')`` -> ``model.3.out``: the addressing users write."""
+    return ".".join(str(p) for p in path)

@@ -1,0 +1,400 @@
+"""Reading spec files into plain Python data *with* the position of every value.
+
+Why not ``yaml.safe_load``: it forgets where values were written, silently keeps
+the last of two duplicate keys, reads ``3e-4`` as a string and ``no`` as False
+(YAML 1.1), and expands aliases, so a "billion laughs" file eats the memory of
+whatever walks the result. This module parses YAML with the YAML 1.2 core
+scalar rules, rejects aliases and duplicate keys, bounds size and depth *before*
+building anything, and records a :class:`~nnspec.errors.Position` for every
+mapping key and list item so that later errors can point at a line.
+
+JSON is parsed by the ``json`` module (strict syntax, exact error positions);
+positions of its values come from reading the same text as YAML flow style.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from nnspec.errors import Diagnostic, Position, SpecError, dotted
+
+KeyPath = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 1 << 20  # a spec is a page of text; 1 MiB is generous
+MAX_DEPTH = 64  # nesting of mappings/lists
+MAX_NODES = 200_000  # scalars + collections in one file
+MAX_EXTENDS_CHAIN = 16
+
+
+@dataclass
+class Document:
+    """Plain data (dicts, lists, scalars) plus where each part was written."""
+
+    data: Any
+    file: str
+    positions: dict[KeyPath, Position] = field(default_factory=dict)
+
+    def position_of(self, path: KeyPath) -> Position:
+        """The position of ``path``, or of its nearest written ancestor."""
+        for end in range(len(path), -1, -1):
+            found = self.positions.get(tuple(path[:end]))
+            if found is not None:
+                return found
+        return Position(self.file, 1, 1)
+
+
+# -- YAML ------------------------------------------------------------------
+
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars (``3e-4`` is a float, ``no`` a string)."""
+
+
+# Start from SafeLoader's resolvers minus the YAML 1.1 bool/int/float rules.
+_replaced = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in rules if tag not in _replaced]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# Order matters: "12" matches both the int and the float pattern, int must win.
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)  # YAML 1.2: "010" is ten, not octal eight
+
+
+def _construct_float(loader: yaml.SafeLoader, node: ScalarNode) -> float:
+    text = loader.construct_scalar(node).lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    if text == ".nan":
+        return float("nan")
+    return float(text)
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_SpecLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_SpecLoader.add_constructor(
+    "tag:yaml.org,2002:bool", lambda loader, node: loader.construct_scalar(node) in ("true", "True", "TRUE")
+)
+
+
+def _mark(file: str, mark: Any) -> Position:
+    return Position(file, mark.line + 1, mark.column + 1)
+
+
+def _prescan(text: str, file: str) -> None:
+    """Walk the event stream (iteratively, cheaply) to enforce the bounds and refuse aliases.
+
+    Doing this before composing means a hostile file is rejected before any
+    recursive structure is built.
+    """
+    depth = nodes = documents = 0
+    try:
+        for event in yaml.parse(text, Loader=_SpecLoader):
+            if isinstance(event, AliasEvent):
+                raise SpecError.single(
+                    f"YAML aliases (*{event.anchor}) are not supported; use 'extends' to reuse a spec",
+                    position=_mark(file, event.start_mark),
+                )
+            if isinstance(event, DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise SpecError.single(
+                        "a spec file holds one YAML document; found a second '---'",
+                        position=_mark(file, event.start_mark),
+                    )
+            if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SpecError.single(
+                        f"nesting deeper than {MAX_DEPTH} levels", position=_mark(file, event.start_mark)
+                    )
+            elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
+                depth -= 1
+            if isinstance(event, (ScalarEvent, MappingStartEvent, SequenceStartEvent)):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise SpecError.single(
+                        f"more than {MAX_NODES} values in one file", position=_mark(file, event.start_mark)
+                    )
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, file) from None
+    except yaml.YAMLError as exc:  # unmarked (e.g. reader errors on control characters)
+        raise SpecError.single(f"invalid YAML: {exc}", position=Position(file, 1, 1)) from None
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
+    mark = exc.problem_mark or exc.context_mark
+    position = _mark(file, mark) if mark else Position(file, 1, 1)
+    problem = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+    return SpecError.single(f"invalid YAML: {problem or exc}", position=position)
+
+
+class _Converter:
+    """Turns a composed YAML node tree into plain data, recording positions."""
+
+    def __init__(self, loader: _SpecLoader, file: str):
+        self.loader = loader
+        self.file = file
+        self.positions: dict[KeyPath, Position] = {}
+
+    def convert(self, node: Node, path: KeyPath) -> Any:
+        self.positions.setdefault(path, _mark(self.file, node.start_mark))
+        if isinstance(node, MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._key(key_node, path)
+                if key in result:
+                    first = self.positions[path + (key,)]
+                    raise SpecError.single(
+                        f"duplicate key '{key}' (first written at line {first.line})",
+                        position=_mark(self.file, key_node.start_mark),
+                        path=dotted(path + (key,)),
+                    )
+                self.positions[path + (key,)] = _mark(self.file, key_node.start_mark)
+                result[key] = self.convert(value_node, path + (key,))
+            return result
+        if isinstance(node, SequenceNode):
+            return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise _yaml_error(exc, self.file) from None
+
+    def _key(self, node: Node, path: KeyPath) -> str:
+        where = _mark(self.file, node.start_mark)
+        if not isinstance(node, ScalarNode):
+            raise SpecError.single("mapping keys must be plain names", position=where, path=dotted(path))
+        key = self.loader.construct_object(node)
+        if not isinstance(key, str):
+            raise SpecError.single(
+                f"mapping keys must be names, not {type(key).__name__} {key!r}", position=where, path=dotted(path)
+            )
+        return key
+
+
+def parse_yaml(text: str, file: str) -> Document:
+    _prescan(text, file)
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Document(None, file, {(): Position(file, 1, 1)})
+        converter = _Converter(loader, file)
+        data = converter.convert(node, ())
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, file) from None
+    finally:
+        loader.dispose()
+    return Document(data, file, converter.positions)
+
+
+# -- JSON ------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateJSONKey(key)
+        result[key] = value
+    return result
+
+
+class _DuplicateJSONKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _json_depth_ok(text: str) -> bool:
+    """Bracket depth outside strings, without building anything."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def parse_json(text: str, file: str) -> Document:
+    if not _json_depth_ok(text):
+        raise SpecError.single(f"nesting deeper than {MAX_DEPTH} levels", position=Position(file, 1, 1))
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise SpecError.single(f"invalid JSON: {exc.msg}", position=Position(file, exc.lineno, exc.colno)) from None
+    except _DuplicateJSONKey as exc:
+        where = _find_key(text, exc.key, second=True) or Position(file, 1, 1)
+        raise SpecError.single(f"duplicate key '{exc.key}'", position=Position(file, where.line, where.col)) from None
+    # JSON is YAML flow style: reuse the YAML reader to learn where values sit.
+    try:
+        positions = parse_yaml(text, file).positions
+    except SpecError:
+        positions = {(): Position(file, 1, 1)}
+    return Document(data, file, positions)
+
+
+def _find_key(text: str, key: str, second: bool) -> Position | None:
+    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    if len(hits) < (2 if second else 1):
+        return None
+    offset = hits[1 if second else 0]
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Position("", line, col)
+
+
+# -- files and `extends` ---------------------------------------------------
+
+
+def read_text(path: Path, shown: str) -> str:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise SpecError.single("no such file", position=Position(shown, 1, 1)) from None
+    except OSError as exc:
+        raise SpecError.single(f"cannot read: {exc.strerror}", position=Position(shown, 1, 1)) from None
+    if not path.is_file():
+        raise SpecError.single("not a file", position=Position(shown, 1, 1))
+    if size > MAX_FILE_BYTES:
+        raise SpecError.single(
+            f"file is {size} bytes; specs are limited to {MAX_FILE_BYTES}", position=Position(shown, 1, 1)
+        )
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError.single("not UTF-8 text", position=Position(shown, line, 1)) from None
+
+
+def parse_text(text: str, file: str, fmt: str) -> Document:
+    """Parse ``text`` as ``"yaml"`` or ``"json"``."""
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise SpecError.single(f"spec text larger than {MAX_FILE_BYTES} bytes", position=Position(file, 1, 1))
+    return parse_json(text, file) if fmt == "json" else parse_yaml(text, file)
+
+
+def format_of(path: Path) -> str:
+    return "json" if path.suffix.lower() == ".json" else "yaml"
+
+
+def load_document(path: str | Path, _chain: tuple[Path, ...] = ()) -> Document:
+    """Read a spec file, resolving ``extends`` (relative to the file) by deep merge.
+
+    Mappings merge key by key; lists and scalars in the extending file replace
+    the base's. Positions stay with the file that wrote each value, so an error
+    in an inherited value points into the base file.
+    """
+    path = Path(path)
+    shown = str(path)
+    text = read_text(path, shown)
+    doc = parse_text(text, shown, format_of(path))
+    if not isinstance(doc.data, dict) or "extends" not in doc.data:
+        return doc
+    extends = doc.data["extends"]
+    where = doc.position_of(("extends",))
+    if not isinstance(extends, str) or not extends:
+        raise SpecError.single("must be a path to another spec file", position=where, path="extends")
+    base_path = (path.parent / extends).resolve()
+    chain = _chain + (path.resolve(),)
+    if base_path in chain:
+        raise SpecError.single(f"'{extends}' extends itself (a cycle)", position=where, path="extends")
+    if len(chain) >= MAX_EXTENDS_CHAIN:
+        raise SpecError.single(f"more than {MAX_EXTENDS_CHAIN} files chained by 'extends'", position=where)
+    if not base_path.is_file():
+        raise SpecError.single(f"'{extends}' not found (looked at {base_path})", position=where, path="extends")
+    base = load_document(base_path, chain)
+    # Report the base by the path the user can follow from here.
+    base = _rename_file(base, str(base_path), _display_path(base_path))
+    if not isinstance(base.data, dict):
+        raise SpecError.single(f"'{extends}' is not a spec mapping", position=where, path="extends")
+    overlay = {k: v for k, v in doc.data.items() if k != "extends"}
+    overlay_positions = {p: pos for p, pos in doc.positions.items() if p[:1] != ("extends",)}
+    return merge_documents(base, Document(overlay, doc.file, overlay_positions))
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _rename_file(doc: Document, old: str, new: str) -> Document:
+    positions = {p: Position(new if pos.file == old else pos.file, pos.line, pos.col) for p, pos in doc.positions.items()}
+    return Document(doc.data, new, positions)
+
+
+def merge_documents(base: Document, over: Document) -> Document:
+    """Deep-merge ``over`` onto ``base`` (mappings merge; everything else replaces)."""
+    positions = dict(base.positions)
+
+    def merge(a: Any, b: Any, path: KeyPath) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            merged = dict(a)
+            for key, value in b.items():
+                merged[key] = merge(a[key], value, path + (key,)) if key in a else _take(value, path + (key,))
+            return merged
+        return _take(b, path)
+
+    def _take(value: Any, path: KeyPath) -> Any:
+        # Replaced wholesale: forget every base position at or under this path.
+        for stale in [p for p in positions if p[: len(path)] == path]:
+            del positions[stale]
+        positions.update({p: pos for p, pos in over.positions.items() if p[: len(path)] == path})
+        return value
+
+    data = merge(base.data, over.data, ())
+    positions[()] = over.positions.get((), Position(over.file, 1, 1))
+    return Document(data, over.file, positions)
+
+
+def diagnostic_at(doc: Document, path: KeyPath, message: str) -> Diagnostic:
+    return Diagnostic(doc.position_of(path), dotted(path), message)
