@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
 from nnspec.errors import did_you_mean
 
@@ -42,6 +42,14 @@ class KindsOf:
 
     registry: Mapping[str, type[Kind]]
     what: str  # "layer", "loss", … — used in messages
+
+    @property
+    def schema_name(self) -> str:
+        """Name of the JSON Schema definition that accepts every written form of these kinds."""
+        return "".join(word.capitalize() for word in self.what.split()) + "Forms"
+
+    def json_schema_ref(self) -> WithJsonSchema:
+        return WithJsonSchema({"$ref": f"#/$defs/{self.schema_name}"})
 
 
 class ShorthandError(ValueError):

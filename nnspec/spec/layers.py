@@ -381,6 +381,7 @@ LayerSpec = Annotated[
     Field(discriminator="type"),
     BeforeValidator(shorthand_validator(LAYERS)),
     LAYERS,
+    LAYERS.json_schema_ref(),
 ]
 
 for _cls in (Residual, Parallel, Repeat):

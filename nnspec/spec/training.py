@@ -32,6 +32,7 @@ def kinds_union(*classes: type[Kind], what: str):
         Field(discriminator="type"),
         BeforeValidator(shorthand_validator(marker)),
         marker,
+        marker.json_schema_ref(),
     ]
     return union, registry
 
