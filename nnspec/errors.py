@@ -7,9 +7,14 @@ as ``file:line:col: key.path: message``, and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Iterable
+
+
+#: Everything ``str.splitlines`` (and so a terminal or an editor) may break a line at.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 @dataclass(frozen=True, order=True)
@@ -35,8 +40,8 @@ class Diagnostic:
     def __str__(self) -> str:
         where = f"{self.position}: " if self.position else ""
         key = f"{self.path}: " if self.path else ""
-        # Keep the one-line promise even when a message quotes user text.
-        return f"{where}{key}{self.message}".replace("\n", " ")
+        # Keep the one-line promise even when a message quotes user text (any line break).
+        return _LINE_BREAKS.sub(" ", f"{where}{key}{self.message}")
 
 
 class SpecError(Exception):
@@ -57,6 +62,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ` (did you mean 'x'?)` suffix, or an empty string when nothing is close."""
     close = get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, safe for integers too long to print."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<{value.bit_length()}-bit integer>"  # repr() may refuse (int_max_str_digits)
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def dotted(path: Iterable[object]) -> str:

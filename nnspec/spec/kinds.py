@@ -20,13 +20,14 @@ from typing import Any, ClassVar, Mapping
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
-from nnspec.errors import did_you_mean
+from nnspec.errors import did_you_mean, short_repr
 
 
 class Kind(BaseModel):
     """Base of every model selected by a ``type`` name (layers, losses, optimizers…)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite numbers are always a mistake in a spec (`elu: .nan` would build a NaN model).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: The field a shorthand value fills (``linear: 200`` sets ``out``); None if it takes none.
     main: ClassVar[str | None] = None
@@ -125,8 +126,7 @@ def _check_known(name: str, kinds: KindsOf, where: tuple[str | int, ...]) -> Non
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return short_repr(value)
 
 
 def shorthand_validator(kinds: KindsOf):

@@ -25,10 +25,14 @@ MAX_WIDTH = 1 << 20  # channels / features / classes of one layer
 MAX_KERNEL = 1024
 MAX_REPEAT = 1000
 
-Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
-KernelSize = Annotated[int, Field(ge=1, le=MAX_KERNEL)]
-Stride = Annotated[int, Field(ge=1, le=MAX_KERNEL)]
-Padding = Annotated[int, Field(ge=0, le=MAX_KERNEL)]
+# Numbers and flags are strict: YAML's `true` is not the width 1, nor the string '3' the
+# number 3, nor `no` the flag false. (A float field still takes an integer.)
+Width = Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]
+KernelSize = Annotated[int, Field(strict=True, ge=1, le=MAX_KERNEL)]
+Stride = Annotated[int, Field(strict=True, ge=1, le=MAX_KERNEL)]
+Padding = Annotated[int, Field(strict=True, ge=0, le=MAX_KERNEL)]
+Number = Annotated[float, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
 LayerName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$", max_length=64)]
 
 
@@ -75,7 +79,7 @@ class Linear(Layer):
     type: Literal["linear"] = "linear"
     main: ClassVar[str] = "out"
     out: Width = Field(description="output features")
-    bias: bool = True
+    bias: Flag = True
 
     def infer(self, shape: Shape) -> Shape:
         if len(shape) > 2:
@@ -95,14 +99,15 @@ class _Conv(Layer):
     out: Width = Field(description="output channels")
     stride: Stride | tuple[Stride, ...] = 1
     padding: Padding | tuple[Padding, ...] = 0
-    bias: bool = True
+    bias: Flag = True
     spatial: ClassVar[int]
 
     def _tuple(self, value: int | tuple[int, ...], field: str) -> tuple[int, ...]:
         if isinstance(value, int):
             return (value,) * self.spatial
         if len(value) != self.spatial:
-            raise ShapeError(f"{field} needs 1 or {self.spatial} values, got {len(value)}")
+            want = "1 value" if self.spatial == 1 else f"1 or {self.spatial} values"
+            raise ShapeError(f"{field} needs {want}, got {len(value)}")
         return tuple(value)
 
     def infer(self, shape: Shape) -> Shape:
@@ -210,8 +215,8 @@ class BatchNorm(Layer):
 
     type: Literal["batch_norm"] = "batch_norm"
     main: ClassVar[str] = "momentum"
-    momentum: float = Field(0.1, ge=0.0, le=1.0)
-    eps: float = Field(1e-5, gt=0.0)
+    momentum: Number = Field(0.1, ge=0.0, le=1.0)
+    eps: Number = Field(1e-5, gt=0.0)
 
     def infer(self, shape: Shape) -> Shape:
         if len(shape) > 3:
@@ -230,7 +235,7 @@ class LayerNorm(Layer):
 
     type: Literal["layer_norm"] = "layer_norm"
     main: ClassVar[str] = "eps"
-    eps: float = Field(1e-5, gt=0.0)
+    eps: Number = Field(1e-5, gt=0.0)
 
     def param_count(self, shape: Shape) -> int:
         return 2 * shape[-1]
@@ -244,7 +249,7 @@ class Dropout(Layer):
 
     type: Literal["dropout"] = "dropout"
     main: ClassVar[str] = "p"
-    p: float = Field(0.5, ge=0.0, lt=1.0)
+    p: Number = Field(0.5, ge=0.0, lt=1.0)
 
 
 # -- activations -----------------------------------------------------------
@@ -272,7 +277,7 @@ class LeakyReLU(_Elementwise):
 
     type: Literal["leaky_relu"] = "leaky_relu"
     main: ClassVar[str] = "slope"
-    slope: float = Field(0.01, ge=0.0, le=1.0)
+    slope: Number = Field(0.01, ge=0.0, le=1.0)
 
 
 class PReLU(_Elementwise):
@@ -280,7 +285,7 @@ class PReLU(_Elementwise):
 
     type: Literal["prelu"] = "prelu"
     main: ClassVar[str] = "init"
-    init: float = 0.25
+    init: Number = 0.25
 
     def param_count(self, shape: Shape) -> int:
         return shape[0]
@@ -289,14 +294,14 @@ class PReLU(_Elementwise):
 class Softplus(_Elementwise):
     type: Literal["softplus"] = "softplus"
     main: ClassVar[str] = "beta"
-    beta: float = Field(1.0, gt=0.0)
-    threshold: float = 20.0
+    beta: Number = Field(1.0, gt=0.0)
+    threshold: Number = 20.0
 
 
 class ELU(_Elementwise):
     type: Literal["elu"] = "elu"
     main: ClassVar[str] = "alpha"
-    alpha: float = 1.0
+    alpha: Number = 1.0
 
 
 class GELU(_Elementwise):
@@ -311,7 +316,7 @@ class SiLU(_Elementwise):
 
 class _SoftmaxLike(_Elementwise):
     main: ClassVar[str] = "dim"
-    dim: int = Field(0, description="sample dimension to normalize over (0 = classes/channels; negative counts from the end)")
+    dim: int = Field(0, strict=True, description="sample dimension to normalize over (0 = classes/channels; negative counts from the end)")
 
     def infer(self, shape: Shape) -> Shape:
         if not -len(shape) <= self.dim < len(shape):
@@ -360,7 +365,7 @@ class Repeat(Layer):
 
     type: Literal["repeat"] = "repeat"
     main: ClassVar[str] = "times"
-    times: int = Field(ge=1, le=MAX_REPEAT)
+    times: int = Field(strict=True, ge=1, le=MAX_REPEAT)
     body: list[LayerSpec] = Field(min_length=1)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, PrivateAttr, StringConstraints, field_validator, model_validator
 from pydantic import BaseModel
 
-from nnspec.errors import Diagnostic, Position
+from nnspec.errors import Diagnostic, Position, short_repr
 from nnspec.spec.layers import MAX_WIDTH, LayerSpec
 from nnspec.spec.training import (
     DataSection,
@@ -27,7 +27,7 @@ from nnspec.spec.training import (
 FORMAT_VERSION = 1
 SCHEMA_ID = f"https://nnspec.dev/schema/v{FORMAT_VERSION}/spec.json"
 
-Dim = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Dim = Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]
 
 
 class Spec(BaseModel):
@@ -67,7 +67,7 @@ class Spec(BaseModel):
     def _known_version(cls, value: Any) -> Any:
         if value != FORMAT_VERSION or isinstance(value, bool):
             raise ValueError(
-                f"unsupported format version {value!r}; this nnspec reads version {FORMAT_VERSION}"
+                f"unsupported format version {short_repr(value)}; this nnspec reads version {FORMAT_VERSION}"
             )
         return value
 
@@ -76,6 +76,13 @@ class Spec(BaseModel):
         if self.extends is not None:
             raise ValueError("'extends' is resolved when loading a file; load it with nnspec.load_spec")
         return self
+
+    def __eq__(self, other: object) -> bool:
+        # Equal specs are equal however they were written: where each value sat in
+        # which file (and the warnings about it) is not part of what a spec means.
+        if not isinstance(other, Spec):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     @property
     def warnings(self) -> list[Diagnostic]:

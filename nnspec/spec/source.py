@@ -32,7 +32,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from nnspec.errors import Diagnostic, Position, SpecError, dotted
+from nnspec.errors import Diagnostic, Position, SpecError, dotted, short_repr
 
 KeyPath = tuple[str | int, ...]
 
@@ -73,8 +73,12 @@ class _SpecLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core-schema scalars (``3e-4`` is a float, ``no`` a string)."""
 
 
-# Start from SafeLoader's resolvers minus the YAML 1.1 bool/int/float rules.
-_replaced = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+# Start from SafeLoader's resolvers minus the YAML 1.1 rules: bool/int/float are replaced
+# below; timestamps (`2020-01-01`), merge keys (`<<`) and `=` are plain strings in YAML 1.2.
+_replaced = {
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value",
+}  # fmt: skip
 _SpecLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in rules if tag not in _replaced]
     for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -85,13 +89,29 @@ _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+MAX_INT_BITS = 64  # no spec value needs more; bigger ones are typos or attacks on int() and repr()
+
+
+class _ScalarError(ValueError):
+    """A scalar that cannot be read (the message is the user's)."""
+
+
+def _check_int(value: int) -> int:
+    if value.bit_length() > MAX_INT_BITS:
+        raise _ScalarError(f"integer out of range (more than {MAX_INT_BITS} bits)")
+    return value
+
+
 def _construct_int(loader: yaml.SafeLoader, node: ScalarNode) -> int:
     text = loader.construct_scalar(node)
+    digits = text.lstrip("-+")
+    if len(digits) > 2 * MAX_INT_BITS:  # too large whatever the base; do not even convert
+        raise _ScalarError(f"integer out of range (more than {MAX_INT_BITS} bits)")
     if text.startswith("0o"):
-        return int(text[2:], 8)
+        return _check_int(int(text[2:], 8))
     if text.startswith("0x"):
-        return int(text[2:], 16)
-    return int(text, 10)  # YAML 1.2: "010" is ten, not octal eight
+        return _check_int(int(text[2:], 16))
+    return _check_int(int(text, 10))  # YAML 1.2: "010" is ten, not octal eight
 
 
 def _construct_float(loader: yaml.SafeLoader, node: ScalarNode) -> float:
@@ -151,8 +171,20 @@ def _prescan(text: str, file: str) -> None:
                     )
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(exc, file) from None
-    except yaml.YAMLError as exc:  # unmarked (e.g. reader errors on control characters)
+    except yaml.reader.ReaderError as exc:  # a control character: unmarked, but its offset is known
+        raise SpecError.single(
+            f"invalid YAML: character U+{exc.character:04X} is not allowed ({exc.reason})",
+            position=_offset_position(text, exc.position, file),
+        ) from None
+    except yaml.YAMLError as exc:  # any other unmarked error
         raise SpecError.single(f"invalid YAML: {exc}", position=Position(file, 1, 1)) from None
+
+
+def _offset_position(text: str, offset: int, file: str) -> Position:
+    """The line and column of character ``offset`` of ``text``."""
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return Position(file, line, col)
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
@@ -188,19 +220,31 @@ class _Converter:
             return result
         if isinstance(node, SequenceNode):
             return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node: Node, path: KeyPath) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             raise _yaml_error(exc, self.file) from None
+        except _ScalarError as exc:
+            raise SpecError.single(str(exc), position=_mark(self.file, node.start_mark), path=dotted(path)) from None
+        except (ValueError, TypeError, AttributeError):
+            # A scalar its explicit tag cannot read: `!!int abc`, `!!timestamp x`.
+            raise SpecError.single(
+                f"invalid YAML: cannot read {short_repr(node.value)} as {node.tag.rsplit(':', 1)[-1]}",
+                position=_mark(self.file, node.start_mark),
+                path=dotted(path),
+            ) from None
 
     def _key(self, node: Node, path: KeyPath) -> str:
         where = _mark(self.file, node.start_mark)
         if not isinstance(node, ScalarNode):
             raise SpecError.single("mapping keys must be plain names", position=where, path=dotted(path))
-        key = self.loader.construct_object(node)
+        key = self._scalar(node, path)
         if not isinstance(key, str):
             raise SpecError.single(
-                f"mapping keys must be names, not {type(key).__name__} {key!r}", position=where, path=dotted(path)
+                f"mapping keys must be names, not {type(key).__name__} {short_repr(key)}", position=where, path=dotted(path)
             )
         return key
 
@@ -239,6 +283,19 @@ class _DuplicateJSONKey(ValueError):
         self.key = key
 
 
+class _JSONIntOutOfRange(ValueError):
+    def __init__(self, digits: str):
+        super().__init__(digits[:40])
+        self.digits = digits
+
+
+def _json_int(digits: str) -> int:
+    # Bound the length first: int() refuses (ValueError) beyond sys.get_int_max_str_digits().
+    if len(digits.lstrip("-")) > 2 * MAX_INT_BITS or int(digits).bit_length() > MAX_INT_BITS:
+        raise _JSONIntOutOfRange(digits)
+    return int(digits)
+
+
 def _json_depth_ok(text: str) -> bool:
     """Bracket depth outside strings, without building anything."""
     depth = 0
@@ -266,18 +323,35 @@ def parse_json(text: str, file: str) -> Document:
     if not _json_depth_ok(text):
         raise SpecError.single(f"nesting deeper than {MAX_DEPTH} levels", position=Position(file, 1, 1))
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise SpecError.single(f"invalid JSON: {exc.msg}", position=Position(file, exc.lineno, exc.colno)) from None
     except _DuplicateJSONKey as exc:
         where = _find_key(text, exc.key, second=True) or Position(file, 1, 1)
         raise SpecError.single(f"duplicate key '{exc.key}'", position=Position(file, where.line, where.col)) from None
-    # JSON is YAML flow style: reuse the YAML reader to learn where values sit.
+    except _JSONIntOutOfRange as exc:
+        error = SpecError.single(
+            f"integer out of range (more than {MAX_INT_BITS} bits)",
+            position=_offset_position(text, max(text.find(exc.digits), 0), file),
+        )
+        try:  # the YAML reader applies the same bound and knows the value's key path
+            _positions_of_json(text, file)
+        except SpecError as located:
+            if located.diagnostics[0].message == error.diagnostics[0].message:
+                error = located
+        raise error from None
     try:
-        positions = parse_yaml(text, file).positions
+        positions = _positions_of_json(text, file)
     except SpecError:
         positions = {(): Position(file, 1, 1)}
     return Document(data, file, positions)
+
+
+def _positions_of_json(text: str, file: str) -> dict[KeyPath, Position]:
+    # JSON is YAML flow style: reuse the YAML reader to learn where values sit. What JSON
+    # allows but YAML does not — tabs between tokens, raw control characters such as DEL
+    # inside strings — becomes spaces first, which keeps every line and column.
+    return parse_yaml(yaml.reader.Reader.NON_PRINTABLE.sub(" ", text.replace("\t", " ")), file).positions
 
 
 def _find_key(text: str, key: str, second: bool) -> Position | None:
@@ -314,10 +388,19 @@ def read_text(path: Path, shown: str) -> str:
         raise SpecError.single("not UTF-8 text", position=Position(shown, line, 1)) from None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_text(text: str, file: str, fmt: str) -> Document:
     """Parse ``text`` as ``"yaml"`` or ``"json"``."""
-    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise SpecError.single(f"spec text larger than {MAX_FILE_BYTES} bytes", position=Position(file, 1, 1))
+    surrogate = _SURROGATE.search(text)  # only text from Python can hold one; a file is decoded UTF-8
+    if surrogate is not None:
+        raise SpecError.single(
+            f"not Unicode text: lone surrogate U+{ord(surrogate.group()):04X}",
+            position=_offset_position(text, surrogate.start(), file),
+        )
     return parse_json(text, file) if fmt == "json" else parse_yaml(text, file)
 
 
@@ -345,14 +428,15 @@ def load_document(path: str | Path, _chain: tuple[Path, ...] = ()) -> Document:
     base_path = (path.parent / extends).resolve()
     chain = _chain + (path.resolve(),)
     if base_path in chain:
-        raise SpecError.single(f"'{extends}' extends itself (a cycle)", position=where, path="extends")
+        cycle = " -> ".join(p.name for p in chain[chain.index(base_path):] + (base_path,))
+        raise SpecError.single(f"'{extends}' closes a cycle of 'extends' ({cycle})", position=where, path="extends")
     if len(chain) >= MAX_EXTENDS_CHAIN:
         raise SpecError.single(f"more than {MAX_EXTENDS_CHAIN} files chained by 'extends'", position=where)
     if not base_path.is_file():
         raise SpecError.single(f"'{extends}' not found (looked at {base_path})", position=where, path="extends")
-    base = load_document(base_path, chain)
-    # Report the base by the path the user can follow from here.
-    base = _rename_file(base, str(base_path), _display_path(base_path))
+    # Read the base by the path the user can follow from here, so that every error
+    # in it (syntax, its own `extends`, its values) names the file the same way.
+    base = load_document(_display_path(base_path), chain)
     if not isinstance(base.data, dict):
         raise SpecError.single(f"'{extends}' is not a spec mapping", position=where, path="extends")
     overlay = {k: v for k, v in doc.data.items() if k != "extends"}
@@ -365,11 +449,6 @@ def _display_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _rename_file(doc: Document, old: str, new: str) -> Document:
-    positions = {p: Position(new if pos.file == old else pos.file, pos.line, pos.col) for p, pos in doc.positions.items()}
-    return Document(doc.data, new, positions)
 
 
 def merge_documents(base: Document, over: Document) -> Document:

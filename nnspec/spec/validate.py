@@ -17,7 +17,7 @@ from typing import Any, Annotated, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted
+from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted, short_repr
 from nnspec.spec.kinds import Kind, KindsOf, ShorthandError, canonical_kind
 from nnspec.spec.meaning import meaning_findings
 from nnspec.spec.model import Spec
@@ -37,9 +37,12 @@ def loads_spec(text: str, *, fmt: str = "yaml", file: str = "<string>") -> Spec:
     return validate_document(parse_text(text, file, fmt))
 
 
+_WHAT = {type(None): "empty", list: "a list", str: "a single string", int: "a number", float: "a number", bool: "a boolean"}
+
+
 def validate_document(doc: Document) -> Spec:
     if not isinstance(doc.data, dict):
-        what = "empty" if doc.data is None else f"a {type(doc.data).__name__}"
+        what = _WHAT.get(type(doc.data), f"a {type(doc.data).__name__}")
         raise SpecError.single(f"a spec is a mapping of sections; this file is {what}", position=doc.position_of(()))
     canon = _Canonicalizer(doc)
     data = canon.value(Spec, doc.data, (), ())
@@ -214,11 +217,15 @@ def _accepts_structure(bare: Any, member: Any, raw: Any) -> bool:
 # -- step 2: pydantic errors to positioned diagnostics ----------------------
 
 
-def _canonical_path(data: Any, loc: tuple) -> KeyPath:
-    """Follow a pydantic ``loc`` through the data, dropping union tags it inserts."""
+def _canonical_path(data: Any, loc: tuple, names_field: bool = False) -> KeyPath:
+    """Follow a pydantic ``loc`` through the data, dropping union tags it inserts.
+
+    ``names_field``: the error is about a missing or unknown field, which the last
+    part of ``loc`` names (otherwise an unmatched part is a union tag like ``constrained-int``).
+    """
     path: list[str | int] = []
     node = data
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             path.append(part)
             node = node[part]
@@ -229,12 +236,16 @@ def _canonical_path(data: Any, loc: tuple) -> KeyPath:
             continue  # discriminator tag
         elif isinstance(part, str) and ("[" in part or part in ("function-after", "function-before")):
             continue  # validator wrappers
-        elif isinstance(node, dict) and isinstance(part, str):
+        elif names_field and i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str):
             path.append(part)  # a missing or extra field: name it
             node = None
         else:
             continue
     return tuple(path)
+
+
+def _error_path(data: Any, error: dict) -> KeyPath:
+    return _canonical_path(data, tuple(error["loc"]), names_field=error["type"] in ("missing", "extra_forbidden"))
 
 
 def _model_for(data: Any, path: KeyPath) -> type[BaseModel] | None:
@@ -280,6 +291,9 @@ def _class_of(annotation: Any, node: Any) -> type[BaseModel] | None:
     kinds = next((m for m in metadata if isinstance(m, KindsOf)), None)
     if kinds is not None and isinstance(node, dict):
         return kinds.registry.get(node.get("type"))  # type: ignore[arg-type]
+    if kinds is None and _is_union(annotation):  # Optional[...] and the like: the member that takes this node
+        members = (_class_of(member, node) for member in get_args(annotation))
+        return next((cls for cls in members if cls is not None), None)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -287,13 +301,67 @@ def _class_of(annotation: Any, node: Any) -> type[BaseModel] | None:
 
 def _pydantic_diagnostics(exc: ValidationError, data: Any, positions: dict, doc: Document) -> list[Diagnostic]:
     out: list[Diagnostic] = []
-    for error in exc.errors(include_url=False):
-        path = _canonical_path(data, tuple(error["loc"]))
+    for error in _one_story(data, exc.errors(include_url=False)):
+        path = _error_path(data, error)
         if _under_placeholder(data, path):
             continue  # already reported as a shorthand error
         message = _message(error, data, path)
         out.append(Diagnostic(_position(positions, path, doc), dotted(path), message))
     return out
+
+
+def _one_story(data: Any, errors: list[dict]) -> list[dict]:
+    """Drop the errors that only echo another one.
+
+    Pydantic reports a value that fails a union against *every* member: ``kernel: [3, 3, 3]``
+    is "not a valid integer" as well as "too long". Where some member has the written
+    value's structure (a list for ``list[...]``/``tuple[...]`` members, anything else for
+    the rest), only that member's errors are kept. A ``too_short`` that only counts the
+    items that survived validation is dropped too: the item's own error says it all.
+    """
+    choices = [_union_choices(data, tuple(error["loc"])) for error in errors]
+    fitting = {path for found in choices for path, fits in found if fits}
+    kept = []
+    for error, found in zip(errors, choices):
+        if any(not fits and path in fitting for path, fits in found):
+            continue
+        if error["type"] == "too_short":
+            written = _at(data, _error_path(data, error))
+            if isinstance(written, (list, tuple)) and len(written) >= error.get("ctx", {}).get("min_length", 0):
+                continue
+        kept.append(error)
+    return kept
+
+
+def _union_choices(data: Any, loc: tuple) -> list[tuple[KeyPath, bool]]:
+    """For each union member tag in ``loc``: the value's path, and whether the member fits its structure."""
+    found: list[tuple[KeyPath, bool]] = []
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and node.get("type") == part:
+            continue  # discriminator tag, not a union member
+        elif isinstance(part, str) and node is not None:
+            wants_list = part.startswith(("list[", "tuple[", "set[", "frozenset["))
+            found.append((tuple(path), wants_list == isinstance(node, (list, tuple))))
+        else:
+            break
+    return found
+
+
+def _at(data: Any, path: KeyPath) -> Any:
+    node = data
+    for part in path:
+        if not (isinstance(node, (dict, list)) and _has(node, part)):
+            return None
+        node = node[part]
+    return node
 
 
 def _under_placeholder(data: Any, path: KeyPath) -> bool:
@@ -324,6 +392,8 @@ def _message(error: dict, data: Any, path: KeyPath) -> str:
         if owner is not None:
             allowed = [f for f in owner.model_fields if f != "type"]
             what = f" of {owner.kind_name()}" if issubclass(owner, Kind) else ""
+            if not allowed:
+                return f"unknown field '{field}'{what}, which takes no fields"
             return f"unknown field '{field}'{what}{did_you_mean(field, allowed)}; allowed: {', '.join(allowed)}"
         return f"unknown field '{field}'"
     if kind == "missing" and path and error["loc"] and error["loc"][-1] == path[-1]:
@@ -335,7 +405,7 @@ def _message(error: dict, data: Any, path: KeyPath) -> str:
         message = message[len("Value error, "):]
     value = error.get("input")
     if kind not in ("model_type", "dict_type", "list_type") and isinstance(value, (int, float, str, bool)) and kind != "value_error":
-        message += f" (got {value!r})"
+        message += f" (got {short_repr(value)})"
     return message[0].lower() + message[1:] if message else message
 
 
