@@ -14,9 +14,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from nnspec.spec.kinds import Kind, KindsOf, shorthand_validator
 
-PositiveFloat = Annotated[float, Field(gt=0.0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+# Scalars are strict, as in the layers: YAML's `no` is not False, nor '0.01' a number.
+# (A float field still takes an integer.)
+PositiveFloat = Annotated[float, Field(strict=True, gt=0.0)]
+NonNegFloat = Annotated[float, Field(strict=True, ge=0.0)]
+Probability = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 class Section(BaseModel):
@@ -103,8 +106,8 @@ class SGD(_Optimizer):
 
     type: Literal["sgd"] = "sgd"
     lr: PositiveFloat = 0.01
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    nesterov: bool = False
+    momentum: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] = 0.0
+    nesterov: Flag = False
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "SGD":
@@ -122,22 +125,22 @@ class AdaGrad(_Optimizer):
 class AdaDelta(_Optimizer):
     type: Literal["adadelta"] = "adadelta"
     lr: PositiveFloat = 1.0
-    rho: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    rho: Annotated[float, Field(strict=True, gt=0.0, lt=1.0)] = 0.9
     eps: PositiveFloat = 1e-6
 
 
 class RMSProp(_Optimizer):
     type: Literal["rmsprop"] = "rmsprop"
     lr: PositiveFloat = 0.01
-    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    alpha: Annotated[float, Field(strict=True, gt=0.0, lt=1.0)] = 0.99
     eps: PositiveFloat = 1e-8
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    momentum: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] = 0.0
 
 
 class Adam(_Optimizer):
     type: Literal["adam"] = "adam"
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(strict=True, ge=0.0, lt=1.0)], Annotated[float, Field(strict=True, ge=0.0, lt=1.0)]] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
 
 
@@ -158,7 +161,7 @@ class StepSchedule(Kind):
 
     type: Literal["step"] = "step"
     main: ClassVar[str] = "every"
-    every: Annotated[int, Field(ge=1)] = 10
+    every: Annotated[int, Field(strict=True, ge=1)] = 10
     gamma: PositiveFloat = 0.1
 
 
@@ -175,7 +178,7 @@ class CosineSchedule(Kind):
 
     type: Literal["cosine"] = "cosine"
     main: ClassVar[str] = "epochs"
-    epochs: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[int, Field(strict=True, ge=1)] | None = None
     min_lr: NonNegFloat = 0.0
 
 
@@ -184,8 +187,8 @@ class PlateauSchedule(Kind):
 
     type: Literal["plateau"] = "plateau"
     main: ClassVar[str] = "patience"
-    patience: Annotated[int, Field(ge=0)] = 5
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    patience: Annotated[int, Field(strict=True, ge=0)] = 5
+    factor: Annotated[float, Field(strict=True, gt=0.0, lt=1.0)] = 0.1
     monitor: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
 
 
@@ -195,7 +198,7 @@ class WarmupSchedule(Kind):
     type: Literal["warmup"] = "warmup"
     main: ClassVar[str] = "epochs"
     epochs: PositiveFloat = 1.0
-    start_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    start_factor: Annotated[float, Field(strict=True, gt=0.0, le=1.0)] = 0.01
 
 
 ScheduleKind, SCHEDULE_TYPES = kinds_union(
@@ -210,13 +213,13 @@ ScheduleSpec = Union[ScheduleKind, Annotated[list[ScheduleKind], Field(min_lengt
 class RandomShift(Kind):
     type: Literal["random_shift"] = "random_shift"
     main: ClassVar[str] = "pixels"
-    pixels: Annotated[int, Field(ge=1, le=64)] = 2
+    pixels: Annotated[int, Field(strict=True, ge=1, le=64)] = 2
 
 
 class RandomRotation(Kind):
     type: Literal["random_rotation"] = "random_rotation"
     main: ClassVar[str] = "degrees"
-    degrees: Annotated[float, Field(gt=0.0, le=180.0)] = 10.0
+    degrees: Annotated[float, Field(strict=True, gt=0.0, le=180.0)] = 10.0
 
 
 class HFlip(Kind):
@@ -244,30 +247,30 @@ AugmentSpec, AUGMENT_TYPES = kinds_union(
 
 
 class Normalize(Section):
-    mean: float | list[float]
+    mean: Annotated[float, Field(strict=True)] | list[Annotated[float, Field(strict=True)]]
     std: PositiveFloat | list[PositiveFloat]
 
 
 class SyntheticData(Section):
     """A learnable, deterministic toy dataset (class-dependent means plus noise), for tests."""
 
-    samples: Annotated[int, Field(ge=2, le=1_000_000)] = 512
-    test_samples: Annotated[int, Field(ge=1, le=1_000_000)] = 128
-    classes: Annotated[int, Field(ge=2, le=1000)] = 10
-    seed: int = 0
+    samples: Annotated[int, Field(strict=True, ge=2, le=1_000_000)] = 512
+    test_samples: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 128
+    classes: Annotated[int, Field(strict=True, ge=2, le=1000)] = 10
+    seed: Annotated[int, Field(strict=True)] = 0
 
 
 class DataSection(Section):
     dataset: Literal["mnist", "fashion_mnist", "npz", "synthetic"]
     path: str | None = Field(None, description="the .npz file (dataset: npz), relative to the spec")
     root: str | None = Field(None, description="directory holding the dataset files (else $NNSPEC_DATA, ~/.cache/nnspec, /usr/share/datasets)")
-    download: bool = True
+    download: Flag = True
     synthetic: SyntheticData = Field(default_factory=SyntheticData)
     scale: PositiveFloat = Field(255.0, description="pixels are divided by this")
     normalize: Normalize | None = None
-    val: Annotated[int, Field(ge=0)] = Field(0, description="hold out the last N kept training samples for validation")
-    train_samples: Annotated[int, Field(ge=1)] | None = Field(None, description="use the first N training samples")
-    test_samples: Annotated[int, Field(ge=1)] | None = Field(None, description="use the first N test samples")
+    val: Annotated[int, Field(strict=True, ge=0)] = Field(0, description="hold out the last N kept training samples for validation")
+    train_samples: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description="use the first N training samples")
+    test_samples: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description="use the first N test samples")
     augment: list[AugmentSpec] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
@@ -281,15 +284,15 @@ class DataSection(Section):
 
 
 class TrainSection(Section):
-    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
-    batch_size: Annotated[int, Field(ge=1, le=1 << 20)] = 64
-    eval_batch_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1000
-    shuffle: bool = True
-    seed: int = 0
+    epochs: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 10
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 64
+    eval_batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 1000
+    shuffle: Flag = True
+    seed: Annotated[int, Field(strict=True)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only)")
     kernels: Literal["auto", "torch", "triton"] = Field("auto", description="auto = Triton on CUDA, PyTorch on CPU")
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
+    checkpoint_every: Annotated[int, Field(strict=True, ge=1)] | None = Field(
         None, description="also checkpoint every N steps (an epoch at batch size 1 is 60,000 steps)"
     )
 
@@ -299,9 +302,9 @@ class TrainSection(Section):
 
 class EarlyStopping(Section):
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    patience: Annotated[int, Field(ge=0)] = 5
+    patience: Annotated[int, Field(strict=True, ge=0)] = 5
     min_delta: NonNegFloat = 0.0
-    restore_best: bool = True
+    restore_best: Flag = True
 
 
 class Adversarial(Section):
@@ -376,7 +379,7 @@ InitScheme, INIT_TYPES = kinds_union(
 class Pretrained(Section):
     checkpoint: str = Field(description="a run directory or a .safetensors file, relative to the spec")
     layers: list[str] | None = Field(None, description="layer names or paths to copy (default: every layer that matches)")
-    freeze: bool = False
+    freeze: Flag = False
 
 
 class InitSection(Section):
@@ -393,6 +396,6 @@ class InitSection(Section):
 
 
 class EnsembleSection(Section):
-    members: Annotated[int, Field(ge=2, le=64)]
-    bootstrap: bool = True
+    members: Annotated[int, Field(strict=True, ge=2, le=64)]
+    bootstrap: Flag = True
     combine: Literal["mean", "vote"] = "mean"
