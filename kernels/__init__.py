@@ -1,0 +1,16 @@
+"""Triton kernels for nnspec's hot path (imported as ``nnspec.kernels``).
+
+Public API (semantics of torch.nn.functional; PyTorch is the oracle):
+
+* :func:`linear_leaky_relu`     - fused Linear + LeakyReLU
+* :func:`softmax_cross_entropy` - fused softmax cross-entropy (+ optional accuracy count)
+* :func:`batch_norm`            - batch normalisation with in-kernel statistics
+* :func:`triton_available`      - whether the Triton backend can run in this process
+
+Importing this package imports torch only; triton is imported the first time a Triton
+kernel actually runs.  The ops are registered as ``torch.ops.nnspec.*`` custom ops.
+"""
+from ._dispatch import triton_available
+from .functional import batch_norm, linear_leaky_relu, softmax_cross_entropy
+
+__all__ = ["batch_norm", "linear_leaky_relu", "softmax_cross_entropy", "triton_available"]

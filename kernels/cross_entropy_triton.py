@@ -1,0 +1,264 @@
+"""Fused softmax cross-entropy (forward + backward) in Triton.
+
+Design
+------
+* One program per row.  The class dimension is streamed in BLOCK_C chunks with an online
+  (running max, running sum) softmax in fp32, so any C (256k+) works and no (N, C) fp32
+  temporary is ever allocated: the forward reads the logits once and writes four numbers
+  per row.
+* The forward saves the per-row log-sum-exp, as two numbers: the row max m and log(sum
+  exp(x - m)).  Folding them into one fp32 lse would cost accuracy for large logits: at
+  |x| ~ 1e4 the rounding of lse alone is ~1e-3, which p = exp(x - lse) turns into a 1e-3
+  relative gradient error; exp((x - m) - log_s) keeps full fp32 accuracy.  The backward
+  re-reads the logits and writes the gradient.  Writing the gradient during the forward (Liger's trick) would save that
+  re-read, but it needs the upstream gradient up front (unknown for reduction="none"),
+  allocates an (N, C) tensor even when no backward follows (evaluation), and overwriting
+  the logits in place is not allowed for a functional custom op.  Saving 2N floats keeps
+  the op pure and the backward cheap.
+* Label smoothing needs sum_c w_c * log p_c = sum_c w_c * (x_c - lse).  Accumulating
+  sum_c w_c * x_c and subtracting lse * sum_c w_c at the end cancels catastrophically for
+  large logits (1e4 * C vs a result of order C), so the kernel accumulates the sum relative
+  to the running max and re-bases it whenever the max moves, exactly like the softmax sum.
+* The argmax (for training accuracy) rides along in the same pass: it is one more
+  reduction over a block that is already in registers.
+* Reductions over rows ("sum", "mean") are done by the caller with torch on the per-row fp32
+  results: that is deterministic (no atomics) and needs no host synchronisation, so the
+  whole op is CUDA-graph safe.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+
+# The interpreter runs every program in numpy, so small blocks keep tests fast *and* make
+# modest class counts span several blocks (the online-softmax rescaling is what needs testing).
+INTERPRET_BLOCK_C = 32
+MAX_BLOCK_C = 4096
+
+_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+
+@triton.jit
+def _ce_fwd_kernel(
+    logits_ptr, stride_row,
+    target_ptr, weight_ptr,
+    loss_ptr, stats_ptr, wt_ptr, correct_ptr, N,
+    C, ignore_index, ls_hi, ls_lo,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, COUNT_CORRECT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    label_smoothing = join_f64(ls_hi, ls_lo, ACC)
+    row = tl.program_id(0).to(tl.int64)
+    # int64 row offset: N * C passes 2**31 long before either dimension does.
+    row_ptr = logits_ptr + row * stride_row
+    target = tl.load(target_ptr + row)
+    valid = target != ignore_index
+    in_range = (target >= 0) & (target < C)
+
+    neg_inf = float("-inf")
+    m = tl.full((), neg_inf, ACC)        # running max
+    s = tl.zeros((), ACC)                # sum exp(x - m)
+    smooth = tl.zeros((), ACC)           # sum w_c * (x_c - shift(m))
+    w_seen = tl.zeros((), ACC)           # sum of w_c seen so far
+    best_val = tl.full((), neg_inf, ACC)
+    best_idx = tl.zeros((), tl.int32)
+
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        x = tl.load(row_ptr + cols, mask=cmask, other=neg_inf).to(ACC)
+        blk_max = tl.max(x, axis=0)
+        m_new = tl.maximum(m, blk_max)
+        # A prefix that is all -inf (padding, masked vocab) leaves m = -inf; subtracting it
+        # would give exp(-inf - -inf) = nan, so exponentials are taken relative to a finite
+        # shift.  While m is -inf, s is exactly 0 and its rescale factor is irrelevant (and
+        # exp(0 - m_new) could overflow for very negative finite m_new, giving 0 * inf).
+        shift_new = tl.where(m_new == neg_inf, 0.0, m_new)
+        shift_old = tl.where(m == neg_inf, 0.0, m)
+        alpha = tl.where(m == neg_inf, 0.0, tl.exp(m - shift_new))
+        s = s * alpha + tl.sum(tl.exp(x - shift_new), axis=0)
+        if HAS_SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(ACC)
+            else:
+                w = tl.where(cmask, 1.0, 0.0)
+            # Re-base the sum to the new shift; a -inf logit makes it -inf (loss inf), as
+            # in PyTorch, and never nan because both shifts are finite.
+            smooth = smooth + w_seen * (shift_old - shift_new)
+            smooth = smooth + tl.sum(w * tl.where(cmask, x - shift_new, 0.0), axis=0)
+            w_seen = w_seen + tl.sum(w, axis=0)
+        if COUNT_CORRECT:
+            blk_arg = tl.argmax(x, axis=0)
+            # strict '>' keeps the first maximum, as torch.argmax does
+            take = blk_max > best_val
+            best_idx = tl.where(take, start + blk_arg, best_idx)
+            best_val = tl.where(take, blk_max, best_val)
+        m = m_new
+
+    shift = tl.where(m == neg_inf, 0.0, m)
+    log_s = tl.log(s)
+    # log_s = -inf for an all -inf row; its loss is then nan, as in PyTorch.
+
+    safe_t = tl.where(in_range, target, 0)
+    x_t = tl.load(row_ptr + safe_t, mask=valid & in_range, other=0.0).to(ACC)
+    if HAS_WEIGHT:
+        w_t = tl.load(weight_ptr + safe_t, mask=valid & in_range, other=0.0).to(ACC)
+    else:
+        w_t = 1.0
+    w_t = tl.where(valid, w_t, 0.0)
+    # -log p_t = lse - x_t, with the large parts cancelled first: (shift - x_t) + log_s
+    loss = w_t * ((shift - x_t) + log_s)
+    if HAS_SMOOTHING:
+        # -sum_c w_c log p_c = -(smooth - w_sum * (lse - shift)), and lse - shift = log_s
+        smooth_loss = w_seen * log_s - smooth
+        loss = (1.0 - label_smoothing) * loss + (label_smoothing / C) * smooth_loss
+    loss = tl.where(valid, loss, 0.0)
+
+    tl.store(loss_ptr + row, loss)
+    tl.store(stats_ptr + row, shift)
+    tl.store(stats_ptr + N + row, log_s)
+    tl.store(wt_ptr + row, w_t)
+    if COUNT_CORRECT:
+        hit = valid & (best_idx.to(tl.int64) == target)
+        tl.store(correct_ptr + row, hit.to(tl.int32))
+
+
+@triton.jit
+def _ce_bwd_kernel(
+    grad_ptr, grad_stride,
+    logits_ptr, stride_row, dlogits_ptr, dstride_row,
+    target_ptr, weight_ptr, wsum_ptr, stats_ptr, denom_ptr, N,
+    C, ignore_index, ls_hi, ls_lo,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, MEAN: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    label_smoothing = join_f64(ls_hi, ls_lo, ACC)
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    drow_ptr = dlogits_ptr + row * dstride_row
+    target = tl.load(target_ptr + row)
+    valid = target != ignore_index
+    in_range = (target >= 0) & (target < C)
+
+    # grad_stride is 0 for a scalar upstream gradient (sum / mean reductions).
+    g = tl.load(grad_ptr + row * grad_stride).to(ACC)
+    if MEAN:
+        # Divide on the device: the denominator is a tensor, so there is no .item() sync.
+        g = g / tl.load(denom_ptr).to(ACC)
+    g = tl.where(valid, g, 0.0)
+    if HAS_WEIGHT:
+        w_t = tl.load(weight_ptr + tl.where(in_range, target, 0), mask=valid & in_range, other=0.0).to(ACC)
+    else:
+        w_t = 1.0
+    coef_nll = (1.0 - label_smoothing) * w_t * g
+    coef_smooth = (label_smoothing / C) * g
+    if HAS_SMOOTHING:
+        if HAS_WEIGHT:
+            w_sum = tl.load(wsum_ptr).to(ACC)
+        else:
+            w_sum = C * 1.0
+    shift = tl.load(stats_ptr + row)
+    log_s = tl.load(stats_ptr + N + row)
+    # Ignored rows skip the logits read (their gradient is exactly zero).  Folding that into
+    # the bound, rather than `cmask & valid`, also sidesteps the interpreter promoting
+    # tensor-bool & scalar-bool to int32.
+    read_limit = tl.where(valid, C, 0)
+
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        x = tl.load(row_ptr + cols, mask=cols < read_limit, other=0.0).to(ACC)
+        p = tl.exp((x - shift) - log_s)
+        grad = coef_nll * (p - tl.where(cols == target, 1.0, 0.0))
+        if HAS_SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(ACC)
+            else:
+                w = 1.0
+            grad = grad + coef_smooth * (w_sum * p - w)
+        grad = tl.where(valid, grad, 0.0)
+        tl.store(drow_ptr + cols, grad.to(dlogits_ptr.dtype.element_ty), mask=cmask)
+
+
+def _block_c(c: int) -> int:
+    cap = INTERPRET_BLOCK_C if INTERPRET else MAX_BLOCK_C
+    return max(16, min(triton.next_power_of_2(c), cap))
+
+
+def _num_warps(block_c: int) -> int:
+    return 4 if block_c <= 1024 else (8 if block_c <= 2048 else 16)
+
+
+def _rows(logits: torch.Tensor) -> torch.Tensor:
+    # The kernels index columns with unit stride; anything else is copied once.
+    return logits if logits.stride(1) == 1 else logits.contiguous()
+
+
+def forward(logits, target, weight, ignore_index, label_smoothing, reduction, count_correct):
+    """Triton twin of :func:`reference.cross_entropy_fwd` (same outputs)."""
+    n, c = logits.shape
+    logits = _rows(logits)
+    target = target.contiguous()
+    dev = logits.device
+    cdt = reference.compute_dtype(logits.dtype)
+    loss_rows = torch.empty(n, dtype=cdt, device=dev)
+    stats = torch.empty((2, n), dtype=cdt, device=dev)  # (row max, log sum exp(x - max))
+    w_rows = torch.empty(n, dtype=cdt, device=dev)
+    hits = torch.empty(n if count_correct else 1, dtype=torch.int32, device=dev)
+    w = weight.contiguous() if weight is not None else None
+    if n > 0:
+        block = _block_c(c)
+        _ce_fwd_kernel[(n,)](
+            logits, logits.stride(0), target, w if w is not None else stats,
+            loss_rows, stats, w_rows, hits, n,
+            c, ignore_index, *split_f64(float(label_smoothing)),
+            HAS_WEIGHT=w is not None, HAS_SMOOTHING=label_smoothing > 0,
+            COUNT_CORRECT=count_correct, ACC=acc_dtype(cdt), BLOCK_C=block,
+            num_warps=_num_warps(block),
+        )
+    denom = w_rows.sum()
+    if reduction == "none":
+        loss = loss_rows.to(logits.dtype)
+    elif reduction == "sum":
+        loss = loss_rows.sum().to(logits.dtype)
+    else:
+        # 0/0 = nan when every row is ignored, like PyTorch; no host-side check.
+        loss = (loss_rows.sum() / denom).to(logits.dtype)
+    if count_correct:
+        correct = hits.sum(dtype=torch.int64)
+    else:
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+    return loss, stats, denom, correct
+
+
+def backward(grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction):
+    """Triton twin of :func:`reference.cross_entropy_bwd`."""
+    n, c = logits.shape
+    logits = _rows(logits)
+    target = target.contiguous()
+    dlogits = torch.empty((n, c), dtype=logits.dtype, device=logits.device)
+    if n == 0:
+        return dlogits
+    w = weight.contiguous() if weight is not None else None
+    cdt = reference.compute_dtype(logits.dtype)
+    wsum = w.to(cdt).sum() if w is not None else stats
+    grad_stride = grad_loss.stride(0) if reduction == "none" else 0
+    block = _block_c(c)
+    _ce_bwd_kernel[(n,)](
+        grad_loss, grad_stride,
+        logits, logits.stride(0), dlogits, dlogits.stride(0),
+        target, w if w is not None else stats, wsum, stats, denom, n,
+        c, ignore_index, *split_f64(float(label_smoothing)),
+        HAS_WEIGHT=w is not None, HAS_SMOOTHING=label_smoothing > 0,
+        MEAN=_REDUCTIONS[reduction] == 2, ACC=acc_dtype(cdt), BLOCK_C=block,
+        num_warps=_num_warps(block),
+    )
+    return dlogits
+
+
+reference_forward = reference.cross_entropy_fwd
+reference_backward = reference.cross_entropy_bwd
