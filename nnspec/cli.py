@@ -80,6 +80,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nnspec.runner.bench import run
+
+    return run(args, ["nnspec", *sys.argv[1:]])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnspec", description="Declarative model specs compiled to PyTorch, trained and benchmarked."
@@ -120,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or weights file)")
         p.set_defaults(run=run)
+
+    from nnspec.runner.bench.options import add_arguments as add_bench_arguments  # argparse only
+
+    p = sub.add_parser("bench", help="benchmark the kernels and compiled specs; write a report (md, json, png)")
+    add_bench_arguments(p)
+    p.set_defaults(run=cmd_bench)
 
     return parser
 
