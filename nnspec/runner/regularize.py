@@ -41,18 +41,20 @@ def penalty(spec: Spec, model: nn.Module) -> Tensor:
     return total
 
 
-def clip_gradients(spec: Spec, model: nn.Module) -> float | None:
+def clip_gradients(spec: Spec, model: nn.Module) -> torch.Tensor | None:
     """Clip gradients in place; returns the total gradient norm *before* clipping when norm clipping is on.
 
     Norm clipping runs first so the returned norm is the raw one (what one
     watches for explosions); value clipping afterwards can only shrink the
-    norm further, so both bounds hold at the end.
+    norm further, so both bounds hold at the end. The norm stays a 0-d tensor
+    on the gradients' device: reading it back every step would cost a host
+    synchronization on CUDA.
     """
     reg = spec.regularization
     params = [p for p in model.parameters() if p.grad is not None]
-    norm: float | None = None
+    norm: torch.Tensor | None = None
     if reg.clip_grad_norm is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, reg.clip_grad_norm)) if params else 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, reg.clip_grad_norm) if params else torch.zeros(())
     if reg.clip_grad_value is not None and params:
         torch.nn.utils.clip_grad_value_(params, reg.clip_grad_value)
     return norm

@@ -1,0 +1,205 @@
+"""What a run leaves behind for people and tools: spec.yaml, metrics.jsonl, summary.json, curves.png, a table.
+
+Every file is written atomically (see :mod:`nnspec.runner.checkpoint`), so a
+killed run never leaves a truncated JSON file that a dashboard would choke on.
+``metrics.jsonl`` is rewritten whole from the run's history rather than
+appended to: after a resume it then holds exactly one line per finished epoch,
+never a duplicate of the epoch that was in flight when the run died.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import yaml
+from tabulate import tabulate
+
+from nnspec import __version__
+from nnspec.runner.checkpoint import atomic_write, atomic_write_text
+from nnspec.runner.progress import format_rate
+from nnspec.spec.model import Spec
+
+__all__ = [
+    "METRICS",
+    "SUMMARY",
+    "SPEC",
+    "CURVES",
+    "spec_text",
+    "write_spec",
+    "write_metrics",
+    "write_summary",
+    "environment",
+    "final_table",
+    "seeds_table",
+    "aggregate_seeds",
+    "plot_curves",
+]
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+SPEC = "spec.yaml"
+CURVES = "curves.png"
+
+
+def spec_text(spec: Spec) -> str:
+    """The resolved spec in canonical form: what actually ran, loadable with ``nnspec.load_spec``."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    header = f"# resolved spec of this run (nnspec {__version__}); canonical form, every default spelled out\n"
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def write_spec(run_dir: Path, spec: Spec) -> None:
+    atomic_write_text(run_dir / SPEC, spec_text(spec))
+
+
+def _json_number(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every line stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _json_number(value) for key, value in record.items()}
+
+
+def write_metrics(run_dir: Path, history: Iterable[Mapping[str, Any]]) -> None:
+    """One strict-JSON line per finished epoch (per member for ensembles)."""
+    text = "".join(json.dumps(_clean(record)) + "\n" for record in history)
+    atomic_write_text(run_dir / METRICS, text)
+
+
+def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    def clean(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: clean(inner) for key, inner in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(inner) for inner in value]
+        return _json_number(value)
+
+    atomic_write_text(run_dir / SUMMARY, json.dumps(clean(summary), indent=2) + "\n")
+
+
+def environment(device: torch.device, world_size: int) -> dict[str, Any]:
+    """What a result depends on besides the spec: versions, device, threads, processes."""
+    name = str(device)
+    if device.type == "cuda":
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+    return {
+        "device": name,
+        "world_size": world_size,
+        "threads": torch.get_num_threads(),
+        "versions": {"nnspec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def final_table(summary: Mapping[str, Any]) -> str:
+    """Loss and accuracy per split, then how long it took."""
+    rows = [
+        [split, _fmt(summary.get(f"{split}_loss")), _fmt(summary.get(f"{split}_accuracy"))]
+        for split in ("train", "val", "test")
+        if summary.get(f"{split}_loss") is not None or summary.get(f"{split}_accuracy") is not None
+    ]
+    metrics = tabulate(rows, headers=["split", "loss", "accuracy"], tablefmt="simple")
+    epochs = f"{summary.get('epochs_run')}/{summary.get('epochs')}"
+    if summary.get("stopped_early"):
+        epochs += " (stopped early)"
+    facts = [
+        ["epochs", epochs],
+        ["wall time", f"{summary.get('wall_time_s', 0.0):.1f} s"],
+        ["throughput", format_rate(summary.get("samples_per_s") or 0.0)],
+        ["device", summary.get("device", "-")],
+    ]
+    if summary.get("members"):
+        facts.insert(1, ["members", str(len(summary["members"]))])
+    return metrics + "\n\n" + tabulate(facts, tablefmt="plain")
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and *sample* standard deviation (n-1): seeds are a sample of possible runs."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else None
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else None
+    return {"mean": mean, "std": std, "values": list(values)}
+
+
+def aggregate_seeds(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of every loss/accuracy the runs report."""
+    keys = [f"{split}_{what}" for split in ("train", "val", "test") for what in ("loss", "accuracy")]
+    result: dict[str, Any] = {"seeds": [s.get("seed") for s in summaries]}
+    for key in keys:
+        values = [s.get(key) for s in summaries]
+        if any(v is not None for v in values):
+            result[key] = _mean_std(values)
+    return result
+
+
+def seeds_table(aggregate: Mapping[str, Any]) -> str:
+    rows = []
+    for split in ("train", "val", "test"):
+        loss, accuracy = aggregate.get(f"{split}_loss"), aggregate.get(f"{split}_accuracy")
+        if loss is None and accuracy is None:
+            continue
+        rows.append([split, _pm(loss), _pm(accuracy)])
+    n = len(aggregate.get("seeds", []))
+    return tabulate(rows, headers=["split", f"loss (mean ± std, {n} seeds)", "accuracy"], tablefmt="simple")
+
+
+def _pm(stat: Mapping[str, Any] | None) -> str:
+    if stat is None or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+# -- curves ------------------------------------------------------------------------------------
+
+
+def plot_curves(run_dir: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """Loss and accuracy per epoch (train and, when present, val) as a PNG.
+
+    Uses a bare ``Figure`` with the Agg canvas instead of pyplot, so it neither
+    needs a display nor changes the matplotlib backend of whoever imported us.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = {"loss": figure.add_subplot(1, 2, 1), "accuracy": figure.add_subplot(1, 2, 2)}
+    members = sorted({record.get("member") for record in history}, key=lambda m: -1 if m is None else m)
+    for member in members:
+        records = [r for r in history if r.get("member") == member]
+        suffix = "" if member is None else f" (member {member})"
+        for what, ax in axes.items():
+            for split, style in (("train", "-"), ("val", "--")):
+                points = [(r["epoch"], r.get(f"{split}_{what}")) for r in records]
+                points = [(e, v) for e, v in points if v is not None and math.isfinite(v)]
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", markersize=3, label=f"{split}{suffix}")
+    for what, ax in axes.items():
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    figure.tight_layout()
+
+    def write(handle: Any) -> None:
+        figure.savefig(handle, format="png")
+
+    atomic_write(run_dir / CURVES, write)
