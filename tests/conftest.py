@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "NNSPEC_DATA" not in os.environ and _SHARED.is_dir():
     os.environ["NNSPEC_DATA"] = str(_SHARED)
@@ -22,3 +24,19 @@ if "TRITON_INTERPRET" not in os.environ:
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the duration of a test.
+
+    Training tests compare runs bit for bit (in-process against subprocesses run
+    with OMP_NUM_THREADS=1), which needs the same kernels; on a shared 2-core
+    machine one thread is also faster and steadier for tiny models.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -48,13 +48,7 @@ train: {epochs: 3, batch_size: 16}
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Subprocesses run with OMP_NUM_THREADS=1; the in-process runs must use the same kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -46,13 +46,7 @@ train: {epochs: 2, batch_size: 32}
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one intra-op thread is both faster and steadier here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from, so errors keep pointing at the user's line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Annotated, Any, ClassVar, Mapping, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
@@ -127,6 +127,19 @@ def _check_known(name: str, kinds: KindsOf, where: tuple[str | int, ...]) -> Non
 
 def _short(value: Any) -> str:
     return short_repr(value)
+
+
+def strip_annotated(annotation: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, a, b]`` -> ``(T, [a, b])`` (nested Annotated flattened); others -> ``(T, [])``.
+
+    The spec walkers (canonicalization, overrides) use it to find the ``KindsOf``
+    marker that says a field holds kinds.
+    """
+    metadata: list[Any] = []
+    while get_origin(annotation) is Annotated:
+        args = get_args(annotation)
+        annotation, metadata = args[0], metadata + list(args[1:])
+    return annotation, metadata
 
 
 def shorthand_validator(kinds: KindsOf):

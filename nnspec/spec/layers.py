@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BeforeValidator, Field, StringConstraints, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints
 
 from nnspec.spec.kinds import Kind, KindsOf, shorthand_validator
 

@@ -26,7 +26,7 @@ from typing import Any, Annotated, Sequence, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from nnspec.errors import Diagnostic, Position, SpecError, dotted
-from nnspec.spec.kinds import KindsOf, ShorthandError, canonical_kind
+from nnspec.spec.kinds import KindsOf, ShorthandError, canonical_kind, strip_annotated
 from nnspec.spec.model import Spec
 from nnspec.spec.source import Document, KeyPath, parse_yaml
 
@@ -99,17 +99,9 @@ def _parse_value(override: Override) -> Document:
 # -- walking the spec's type annotations alongside the data -------------------
 
 
-def _strip(annotation: Any) -> tuple[Any, list[Any]]:
-    metadata: list[Any] = []
-    while get_origin(annotation) is Annotated:
-        args = get_args(annotation)
-        annotation, metadata = args[0], metadata + list(args[1:])
-    return annotation, metadata
-
-
 def _kinds_of(annotation: Any) -> KindsOf | None:
     """The kind registry when ``annotation`` (or its union member matching a mapping) names kinds."""
-    bare, metadata = _strip(annotation)
+    bare, metadata = strip_annotated(annotation)
     found = next((m for m in metadata if isinstance(m, KindsOf)), None)
     if found is not None:
         return found
@@ -123,30 +115,30 @@ def _kinds_of(annotation: Any) -> KindsOf | None:
 
 def _list_item(annotation: Any) -> Any:
     """The item annotation of a list annotation (looking through Optional/Union)."""
-    bare, _ = _strip(annotation)
+    bare, _ = strip_annotated(annotation)
     members = get_args(bare) if get_origin(bare) in (Union, types.UnionType) else (annotation,)
     for member in members:
-        inner, _ = _strip(member)
+        inner, _ = strip_annotated(member)
         if get_origin(inner) in (list, typing.List):
             return get_args(inner)[0]
     return None
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
-    bare, _ = _strip(annotation)
+    bare, _ = strip_annotated(annotation)
     members = get_args(bare) if get_origin(bare) in (Union, types.UnionType) else (bare,)
     for member in members:
-        inner, _ = _strip(member)
+        inner, _ = strip_annotated(member)
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             return inner
     return None
 
 
 def _dict_value(annotation: Any) -> Any:
-    bare, _ = _strip(annotation)
+    bare, _ = strip_annotated(annotation)
     members = get_args(bare) if get_origin(bare) in (Union, types.UnionType) else (bare,)
     for member in members:
-        inner, _ = _strip(member)
+        inner, _ = strip_annotated(member)
         if get_origin(inner) is dict:
             return get_args(inner)[1]
     return None

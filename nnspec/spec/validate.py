@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted, short_repr
-from nnspec.spec.kinds import Kind, KindsOf, ShorthandError, canonical_kind
+from nnspec.spec.kinds import Kind, KindsOf, ShorthandError, canonical_kind, strip_annotated
 from nnspec.spec.meaning import meaning_findings
 from nnspec.spec.model import Spec
 from nnspec.spec.shapes import infer_shapes
@@ -108,14 +108,6 @@ def _name_problems(spec: Spec) -> list[tuple[KeyPath, str]]:
 # -- step 1: shorthands to canonical form, positions carried along ---------
 
 
-def _strip_annotated(annotation: Any) -> tuple[Any, list[Any]]:
-    metadata: list[Any] = []
-    while get_origin(annotation) is Annotated:
-        args = get_args(annotation)
-        annotation, metadata = args[0], metadata + list(args[1:])
-    return annotation, metadata
-
-
 def _is_union(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType)
 
@@ -140,14 +132,14 @@ class _Canonicalizer:
                 self.transplant(value, raw_path + (i,), canon_path + (i,))
 
     def value(self, annotation: Any, raw: Any, raw_path: KeyPath, canon_path: KeyPath, metadata: list[Any] = ()) -> Any:
-        annotation, more = _strip_annotated(annotation)
+        annotation, more = strip_annotated(annotation)
         metadata = list(metadata) + more
         kinds = next((m for m in metadata if isinstance(m, KindsOf)), None)
         if kinds is not None:
             return self.kind(kinds, raw, raw_path, canon_path)
         if _is_union(annotation):
             for member in get_args(annotation):
-                bare, _ = _strip_annotated(member)
+                bare, _ = strip_annotated(member)
                 if _accepts_structure(bare, member, raw):
                     return self.value(member, raw, raw_path, canon_path)
             self.transplant(raw, raw_path, canon_path)
@@ -204,7 +196,7 @@ class _Canonicalizer:
 
 def _accepts_structure(bare: Any, member: Any, raw: Any) -> bool:
     """Whether a union member is the one to guide the walk for this raw value."""
-    _, metadata = _strip_annotated(member)
+    _, metadata = strip_annotated(member)
     if any(isinstance(m, KindsOf) for m in metadata):
         return isinstance(raw, (str, dict))
     if isinstance(raw, list):
@@ -271,10 +263,10 @@ def _model_for(data: Any, path: KeyPath) -> type[BaseModel] | None:
 
 def _item_annotation(annotation: Any, node: Any) -> Any:
     """The annotation of a list's items (looking through Optional/Union to the list member)."""
-    bare, _ = _strip_annotated(annotation)
+    bare, _ = strip_annotated(annotation)
     candidates = get_args(bare) if _is_union(bare) else (annotation,)
     for candidate in candidates:
-        inner, _ = _strip_annotated(candidate)
+        inner, _ = strip_annotated(candidate)
         if get_origin(inner) in (list, typing.List):
             return get_args(inner)[0]
     return annotation
@@ -287,7 +279,7 @@ def _has(node: Any, part: Any) -> bool:
 
 
 def _class_of(annotation: Any, node: Any) -> type[BaseModel] | None:
-    annotation, metadata = _strip_annotated(annotation)
+    annotation, metadata = strip_annotated(annotation)
     kinds = next((m for m in metadata if isinstance(m, KindsOf)), None)
     if kinds is not None and isinstance(node, dict):
         return kinds.registry.get(node.get("type"))  # type: ignore[arg-type]
