@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnspec.compiler.ir import TORCH
+from nnspec.kernels import softmax_cross_entropy
 from nnspec.spec import training as T
 
 
@@ -35,8 +36,6 @@ class SpecLoss(nn.Module):
         kind = self.loss.type
         if kind == "cross_entropy":
             if self.kernel != TORCH:
-                from nnspec.kernels import softmax_cross_entropy
-
                 return softmax_cross_entropy(
                     outputs, labels, weight=self.class_weights,
                     label_smoothing=self.loss.label_smoothing, backend="triton",

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# A leaf package that imports no triton until a Triton kernel actually runs.
+from nnspec.kernels import batch_norm, linear_leaky_relu
+
 
 class Step(NamedTuple):
     """Run ``module``; if ``fused_with`` is set, run it together with that activation module."""
@@ -38,8 +41,6 @@ class Chain(nn.Module):
             if step.fused_with is None:
                 x = module(x)
             else:
-                from nnspec.kernels import linear_leaky_relu
-
                 x = linear_leaky_relu(x, module.weight, module.bias, step.slope, backend="triton")
         return x
 
@@ -85,8 +86,6 @@ class _TritonBatchNorm:
     """Mixin: the forward of nn.BatchNorm*d through nnspec's Triton kernel (same buffers and keys)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from nnspec.kernels import batch_norm
-
         if self.training:
             self.num_batches_tracked.add_(1)  # kept in step with nn.BatchNorm for identical state_dicts
         return batch_norm(
