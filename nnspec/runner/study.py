@@ -148,7 +148,13 @@ def collect(entries: list[Entry], seeds: list[int], runs: Path) -> list[dict]:
     return rows
 
 
-def markdown(title: str, rows: list[dict], machine: dict, command: str, notes: str) -> str:
+def _accuracy_cell(row: dict) -> str:
+    mean = f"{100 * row['test_accuracy_mean']:.2f}"
+    return f"{mean} ± {100 * row['test_accuracy_std']:.2f} (n={row['runs']})" if row["runs"] > 1 else f"{mean} (n=1)"
+
+
+def markdown(title: str, rows: list[dict], machine: dict, command: str, notes: str, comparison: tuple[str, str]) -> str:
+    """``comparison`` names the second and third columns: what each row is, and what it is measured against."""
     table = []
     for r in rows:
         if not r["runs"]:
@@ -157,14 +163,14 @@ def markdown(title: str, rows: list[dict], machine: dict, command: str, notes: s
         delta = "" if r["delta_points"] is None else f"{r['delta_points']:+.2f}"
         table.append([
             f"[{r['variant']}]({'../' + r['spec']})", r["change"], r["published_text"],
-            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} (n={r['runs']})",
+            _accuracy_cell(r),
             delta, f"{r['wall_time_s_mean']:.0f} s", f"{r['samples_per_s_mean']:,.0f}",
         ])  # fmt: skip
-    headers = ["variant", "change from baseline", "published", "measured test accuracy % (mean ± std)", "Δ points", "wall time / run", "samples/s"]
+    headers = ["variant", *comparison, "measured test accuracy % (mean ± std)", "Δ points", "wall time / run", "samples/s"]
     lines = [
         f"# {title}", "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine['cpu']} ({machine['logical_cpus']} logical CPUs), "
-        f"{machine['parallel_runs']} runs in parallel with {machine['threads_per_run']} intra-op thread each; "
+        f"up to {machine['parallel_runs']} run(s) of this study at a time, {machine['threads_per_run']} intra-op thread each; "
         f"Python {machine['python']}, torch {machine['torch']}, nnspec commit {machine['git_commit']}.", "",
         f"Reproduce: `{command}`", "",
         tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
@@ -205,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         notes = f"**Source of the published figures.** {ABLATION_SOURCE}\n\n" + notes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = "MNIST ablation: published vs measured" if args.study == "ablation" else "Beyond the textbook: our best specs"
-    (out / f"{name}.md").write_text(markdown(title, rows, machine, command, notes))
+    if args.study == "ablation":
+        title, comparison = "MNIST ablation: published vs measured", ("change from baseline", "published")
+    else:
+        title, comparison = "Beyond the textbook: our best specs", ("model, data", "target")
+    (out / f"{name}.md").write_text(markdown(title, rows, machine, command, notes, comparison))
     report = {"format_version": FORMAT_VERSION, "study": args.study, "machine": machine, "command": command,
               "date": datetime.now(timezone.utc).isoformat(), "rows": rows}  # fmt: skip
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
