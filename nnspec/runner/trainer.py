@@ -391,8 +391,11 @@ class EpochLog:
         self.carried = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, **(carried or {})}
 
     def add(self, loss: Tensor, outputs: Tensor, labels: Tensor) -> None:
-        """One step's mean loss, outputs and labels (kept by reference until the next flush)."""
-        self.queue.append((loss, outputs, None if self.known_labels else labels))
+        """One step's mean loss, outputs and labels (kept by reference until the next flush).
+
+        Detached, so the queue does not keep each step's autograd graph alive until the flush.
+        """
+        self.queue.append((loss.detach(), outputs.detach(), None if self.known_labels else labels))
         self.queued_samples += labels.shape[0]
         self.queued_elements += outputs.numel()
         if len(self.queue) >= self.FLUSH_STEPS or self.queued_elements >= self.FLUSH_ELEMENTS:
