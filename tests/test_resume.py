@@ -21,7 +21,7 @@ import torch
 
 from nnspec.runner import RunError, train
 from nnspec.runner import checkpoint as ckpt
-from nnspec.runner.trainer import EpochLog
+from nnspec.runner.epoch_log import EpochLog
 
 SPEC = """\
 nnspec: 1
