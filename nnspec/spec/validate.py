@@ -218,10 +218,7 @@ def _canonical_path(data: Any, loc: tuple, names_field: bool = False) -> KeyPath
     path: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, (dict, list, tuple)) and _has(node, part):
             path.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and node.get("type") == part:
@@ -331,10 +328,7 @@ def _union_choices(data: Any, loc: tuple) -> list[tuple[KeyPath, bool]]:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, (dict, list, tuple)) and _has(node, part):
             path.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and node.get("type") == part:
