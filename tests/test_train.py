@@ -313,7 +313,7 @@ def test_progress_bar_draws_on_a_tty_only():
         bar = Progress(enabled=True, stream=stream)
         bar.start_epoch(1, 2, steps=10)
         for step in range(1, 11):
-            bar.update(step, step * 32, lambda: 0.5)
+            bar.update(step, lambda: step * 32, lambda: 0.5)
         bar.end_epoch({"train_loss": 0.5, "samples_per_s": 1234.0})
     assert "\r" in tty.getvalue() and "samples/s" in tty.getvalue() and "[####" in tty.getvalue()
     assert pipe.getvalue() == "epoch 1/2  train_loss 0.5000  1,234 samples/s\n"  # a log line, no bar

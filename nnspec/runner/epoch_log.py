@@ -21,16 +21,24 @@ class EpochLog:
     Why it queues: every extra kernel in a step costs far more than its
     arithmetic (a dispatch, a launch on CUDA, cold caches after the backward
     pass), and a host read of the loss would stall the GPU. So a step only
-    appends references to its loss and outputs — no kernel, no sync. Every
-    ``FLUSH_STEPS`` steps (or ``FLUSH_ELEMENTS`` queued output values, which
-    bounds the memory held) one ``stack`` and one ``argmax`` move them into
-    preallocated buffers; predictions are compared with the labels once, when
-    the totals are read, and the non-finite check reads only the losses flushed
-    since the last check.
+    appends references to its outputs — no kernel, no sync. Every
+    ``FLUSH_STEPS`` steps (fewer when the outputs are large: at most
+    ``FLUSH_ELEMENTS`` values are held) one ``cat`` and one ``max`` turn them
+    into predictions in a preallocated buffer; predictions are compared with
+    the labels once, when the totals are read, and the non-finite check reads
+    only the losses flushed since the last check.
+
+    The loss is queued as a tensor on an accelerator but read at once on the
+    CPU, where ``item()`` is a memory load, not a sync. There, holding tensors
+    costs more than their size suggests: a step frees and reallocates large
+    gradient buffers, and where they land (hot or cold memory) depends on
+    what else the heap holds. Measured on the ablation's batch-size-1 MLP:
+    holding each step's loss and outputs +4–14% per step, the outputs alone
+    +2–4%, reading the loss under 1%.
 
     ``labels`` are the labels of the samples in the order this rank will see
     them, when known up front (one process: the epoch's order); otherwise (a
-    shard of each batch under DDP) each step's labels are queued too.
+    shard of each batch under DDP) they are gathered from the queued steps.
     """
 
     FLUSH_STEPS = 64
@@ -47,36 +55,44 @@ class EpochLog:
         self.sizes: list[int] = []  # each step's batch size on this rank
         self.count = self.steps = 0  # samples and steps already in the buffers
         self.checked = 0  # steps already checked for non-finite losses
-        self.queue: list[tuple[Tensor, Tensor, Tensor | None]] = []
-        self.queued_samples = self.queued_elements = 0
+        self.queue: list[tuple[Tensor | float, Tensor, Tensor]] = []
+        self.read_losses = device.type == "cpu"  # see the class docstring
+        self.flush_at = 1  # queued steps that trigger a flush; the first flush sets it from the outputs' size
         # Sums from before a mid-epoch resume: the steps they cover are not in the buffers.
         self.carried = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, **(carried or {})}
 
     def add(self, loss: Tensor, outputs: Tensor, labels: Tensor) -> None:
-        """One step's mean loss, outputs and labels (kept by reference until the next flush).
+        """One step's mean loss, outputs and labels, kept until the next flush (the loss read on the CPU).
 
-        Detached, so the queue does not keep each step's autograd graph alive until the flush.
+        Not detached (a dispatch each, a measurable share of a small model's
+        step): the step's backward pass has already freed the saved tensors of
+        the graph behind them, so the queue holds only the graph's bookkeeping,
+        and the flush runs under ``no_grad``.
         """
-        self.queue.append((loss.detach(), outputs.detach(), None if self.known_labels else labels))
-        self.queued_samples += labels.shape[0]
-        self.queued_elements += outputs.numel()
-        if len(self.queue) >= self.FLUSH_STEPS or self.queued_elements >= self.FLUSH_ELEMENTS:
+        queue = self.queue
+        queue.append((loss.item() if self.read_losses else loss, outputs, labels))
+        if len(queue) >= self.flush_at:
             self.flush()
 
     @torch.no_grad()
     def flush(self) -> None:
-        """Move the queued steps into the buffers: one stack, one argmax, a few copies."""
+        """Move the queued steps into the buffers: one cat, one max, a few copies.
+
+        ``max(dim).indices``, not ``argmax``: the same first-maximum index, and
+        on the CPU about 1.5x (10 classes) to 3x (1000 classes) faster.
+        """
         if not self.queue:
             return
         losses, outputs, labels = zip(*self.queue)
-        end, last = self.count + self.queued_samples, self.steps + len(self.queue)
-        torch.argmax(torch.cat(outputs), dim=-1, out=self.predictions[self.count:end])
+        sizes = [out.shape[0] for out in outputs]
+        end, last = self.count + sum(sizes), self.steps + len(sizes)
+        self.predictions[self.count:end] = torch.max(torch.cat(outputs), dim=-1).indices
         if not self.known_labels:
             torch.cat(labels, out=self.labels[self.count:end])
-        self.losses[self.steps:last].copy_(torch.stack(losses))
-        self.sizes += [out.shape[0] for out in outputs]
-        self.count, self.steps = end, last
-        self.queue, self.queued_samples, self.queued_elements = [], 0, 0
+        self.losses[self.steps:last] = torch.tensor(losses) if self.read_losses else torch.stack(losses)
+        self.sizes += sizes
+        self.count, self.steps, self.queue = end, last, []
+        self.flush_at = max(1, min(self.FLUSH_STEPS, self.FLUSH_ELEMENTS // max(outputs[0].numel(), 1)))
 
     def first_non_finite(self) -> tuple[int, float] | None:
         """(global step, loss) of the first non-finite loss logged since the last call, if any.
@@ -110,7 +126,8 @@ class EpochLog:
         return {"loss_sum": loss_sum, "correct": correct, "count": count}
 
     def samples(self) -> int:
-        return self.count + self.queued_samples + int(self.carried["count"])
+        """Samples logged so far this epoch on this rank (a progress bar's count; reads nothing from the device)."""
+        return self.count + sum(outputs.shape[0] for _, outputs, _ in self.queue) + int(self.carried["count"])
 
     def totals(self, dist: D.Dist) -> tuple[float, float, int]:
         """(mean loss, accuracy, samples) over all ranks."""
@@ -145,6 +162,10 @@ class NonFinite(Exception):
 def check_finite(log: EpochLog, dist: D.Dist) -> None:
     """Raise at the first non-finite loss logged since the last check, agreed over all ranks."""
     found = log.first_non_finite()
+    if not dist.enabled:
+        if found is not None:
+            raise NonFinite(*found)
+        return
     never = 1 << 62
     first = torch.tensor(found[0] if found else never, dtype=torch.int64, device=log.device)
     step = int(D.all_reduce_min(first, dist))

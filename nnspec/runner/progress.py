@@ -27,9 +27,10 @@ def format_rate(samples_per_s: float) -> str:
 class Progress:
     """Per-epoch progress for one training run (``enabled=False`` prints nothing at all)."""
 
-    def __init__(self, enabled: bool, stream: TextIO | None = None):
+    def __init__(self, enabled: bool, stream: TextIO | None = None, world_size: int = 1):
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self.world_size = world_size  # the bar shows all ranks' throughput from rank 0's count
         self.live = enabled and _is_tty(self.stream)
         self._label = ""
         self._steps = 0
@@ -44,15 +45,16 @@ class Progress:
         self._start = time.perf_counter()
         self._last_draw = 0.0
 
-    def update(self, step: int, samples: int, loss: Callable[[], float]) -> None:
-        """After ``step`` steps (1-based) and ``samples`` samples of this epoch; ``loss`` read lazily."""
+    def update(self, step: int, samples: Callable[[], int], loss: Callable[[], float]) -> None:
+        """After ``step`` steps (1-based) of this epoch; this rank's ``samples`` and the ``loss`` are read
+        only when the bar redraws, since the loop calls this every step."""
         if not self.live:
             return
         now = time.perf_counter()
         if now - self._last_draw < REDRAW_S and step < self._steps:
             return
         self._last_draw = now
-        rate = samples / max(now - self._start, 1e-9)
+        rate = samples() * self.world_size / max(now - self._start, 1e-9)
         filled = BAR_WIDTH * step // max(self._steps, 1)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
         line = f"{self._label} [{bar}] {step}/{self._steps} loss {loss():.4f} {format_rate(rate)}"

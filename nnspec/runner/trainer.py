@@ -8,7 +8,7 @@ Reading order, top to bottom of the call tree:
   model), then the final evaluation, ``summary.json`` and the table.
 * :func:`fit` is THE training loop for one model: epochs of steps over an
   in-memory dataset, evaluation at epoch ends, checkpoints, resume.
-* :func:`train_step` is one optimizer step.
+* :func:`make_step` builds the function that takes one optimizer step.
 
 Design choices that shape the loop, and why:
 
@@ -23,12 +23,13 @@ Design choices that shape the loop, and why:
   and skips the steps already taken, so on the CPU a resumed run ends with
   bitwise the same weights as an uninterrupted one.
 * A step launches nothing beyond the training math and reads nothing back
-  from the device: its loss and outputs are queued by reference, and every
-  ``CHECK_EVERY`` steps (and before every checkpoint and at each epoch end)
-  the queued losses are checked for NaN/inf in one read. A non-finite loss
-  therefore stops the run with its exact step, the GPU is never stalled by a
-  per-step sync, and the last good checkpoint on disk is never overwritten by
-  a poisoned one.
+  from an accelerator: its outputs are queued by reference and its loss is
+  queued too (read at once on the CPU, where a read costs less than holding
+  the tensor), and every ``CHECK_EVERY`` steps (and before every checkpoint
+  and at each epoch end) the logged losses are checked for NaN/inf in one
+  read. A non-finite loss therefore stops the run with its exact step, the
+  GPU is never stalled by a per-step sync, and the last good checkpoint on
+  disk is never overwritten by a poisoned one.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnspec.compiler import build, build_loss
+from nnspec.compiler import SpecLoss, build, build_loss
 from nnspec.errors import Diagnostic, SpecError, dotted
 from nnspec.runner import checkpoint as ckpt
 from nnspec.runner import distributed as D
@@ -66,7 +67,7 @@ from nnspec.spec.overrides import apply_overrides
 from nnspec.spec.source import Document, load_document
 from nnspec.spec.validate import validate_document
 
-__all__ = ["RunError", "train", "evaluate", "resolve_spec", "fit", "train_step", "evaluate_models"]
+__all__ = ["RunError", "train", "evaluate", "resolve_spec", "fit", "make_step", "evaluate_models"]
 
 #: Losses are checked for NaN/inf this often, in steps (one host read); several processes also agree
 #: on Ctrl-C this often.
@@ -278,7 +279,7 @@ class Learner:
 
     model: nn.Module  # the bare model: weights, evaluation, checkpoints
     net: nn.Module  # what training steps call: the DDP wrapper, or the model itself
-    loss_fn: nn.Module
+    loss_fn: SpecLoss
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     stopper: EarlyStopping | None
@@ -401,38 +402,62 @@ def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def train_step(run: Run, learner: Learner, x: Tensor, y: Tensor, weight: float) -> tuple[Tensor, Tensor]:
-    """One optimizer step on a batch; returns the data loss and the outputs, for the epoch log only.
+#: ``step(x, y, weight) -> (data loss, outputs)``: one optimizer step on a batch (see :func:`make_step`).
+StepFn = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
-    Nothing here reads a value back from the device; a non-finite loss is
-    caught by the epoch log's periodic check, before any checkpoint.
+
+def make_step(run: Run, learner: Learner) -> StepFn:
+    """The function that takes one optimizer step on a batch; it returns the data loss and the outputs.
+
+    Why a closure built once: a small model's step is a few hundred
+    microseconds, so every attribute chain and feature check paid per step
+    shows up in the runner's overhead against a hand-written loop. The spec's
+    choices (augmentation, input noise, bf16, adversarial loss, penalties,
+    clipping, per-rank weighting) are decided here, and the step touches only
+    locals. Nothing in it reads a value back from the device; a non-finite
+    loss is caught by the epoch log's periodic check, before any checkpoint.
 
     ``weight`` rescales this rank's mean loss so that DDP's gradient average
     equals the gradient of the global batch's mean even when shards differ in size.
     """
     spec, reg = run.spec, run.spec.regularization
-    x = learner.augment(x, learner.generators["augment"])
-    if reg.input_noise:
-        x = noisy_inputs(x, reg.input_noise, learner.generators["noise"])
-    with _autocast(run.bf16):
-        outputs = learner.net(x)
-        if y.shape[0] == 0:  # a rank's empty shard of a tiny last batch: contribute zero, keep DDP in step
-            loss = outputs.sum() * 0.0
-        else:
-            loss = learner.loss_fn(outputs, y)
-            if reg.adversarial is not None:
-                adversarial = reg.adversarial
-                loss = fgsm_loss(learner.net, learner.loss_fn, x, y, adversarial.fgsm, adversarial.weight, loss)
-    objective = loss * weight if weight != 1.0 else loss
-    if reg.l1 or reg.l2:
-        objective = objective + penalty(spec, learner.model)
-    learner.optimizer.zero_grad(set_to_none=True)
-    objective.backward()
-    if reg.clip_grad_norm is not None or reg.clip_grad_value is not None:
-        clip_gradients(spec, learner.model)
-    learner.optimizer.step()
-    learner.schedule.after_step()
-    return loss, outputs
+    net, model, loss_fn, optimizer = learner.net, learner.model, learner.loss_fn, learner.optimizer
+    compute_loss = loss_fn.bound()  # the loss as a plain function: no nn.Module call per step
+    after_step = learner.schedule.after_step
+    augment = learner.augment if spec.data.augment else None  # type: ignore[union-attr]
+    augment_generator, noise_generator = learner.generators["augment"], learner.generators["noise"]
+    noise = reg.input_noise
+    adversarial = reg.adversarial
+    penalized = bool(reg.l1 or reg.l2)
+    clipped = reg.clip_grad_norm is not None or reg.clip_grad_value is not None
+    autocast = _autocast(run.bf16)  # one context object, entered once per step (torch's autocast allows that)
+    sharded = run.dist.enabled
+
+    def step(x: Tensor, y: Tensor, weight: float) -> tuple[Tensor, Tensor]:
+        if augment is not None:
+            x = augment(x, augment_generator)
+        if noise:
+            x = noisy_inputs(x, noise, noise_generator)
+        with autocast:
+            outputs = net(x)
+            if sharded and y.shape[0] == 0:  # a rank's empty shard of a tiny last batch: contribute zero
+                loss = outputs.sum() * 0.0
+            else:
+                loss = compute_loss(outputs, y)
+                if adversarial is not None:
+                    loss = fgsm_loss(net, loss_fn, x, y, adversarial.fgsm, adversarial.weight, loss)
+        objective = loss * weight if weight != 1.0 else loss
+        if penalized:
+            objective = objective + penalty(spec, model)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if clipped:
+            clip_gradients(spec, model)
+        optimizer.step()
+        after_step()
+        return loss, outputs
+
+    return step
 
 
 def _ensemble_loss(spec: Spec, loss_fn: nn.Module, combined: Tensor, y: Tensor) -> Tensor | None:
@@ -561,6 +586,19 @@ def epoch_order(n: int, shuffle: bool, generator: torch.Generator, cursor: Curso
     return order.to(device)
 
 
+def rank_batches(order: Tensor, batch_size: int, dist: D.Dist) -> list[tuple[Tensor, float]]:
+    """The epoch's steps as (this rank's sample indices, its loss weight), cut once rather than per step.
+
+    The weight is this rank's share of the global batch times the world size
+    (1.0 for one process), so that DDP's gradient average is the global batch's mean.
+    """
+    batches = order.split(batch_size)
+    if not dist.enabled:
+        return [(batch, 1.0) for batch in batches]
+    shards = [(D.shard(batch, dist), batch.shape[0]) for batch in batches]
+    return [(mine, mine.shape[0] * dist.world_size / size) for mine, size in shards]
+
+
 def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
     """Train one model to the end (or resume it), leaving its files in ``member.directory``."""
     spec, data, dist = run.spec, run.data, run.dist
@@ -578,39 +616,32 @@ def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
     if resuming:
         run.progress.message(f"resuming {member.directory} at epoch {cursor.epoch + 1}, step {cursor.step}")
     learner.net = D.wrap(learner.model, dist, run.device)
-    # One process reads Ctrl-C every step (a Python flag); several must agree, so they read it with the checks.
-    stop_every = CHECK_EVERY if dist.enabled else 1
-    every = spec.train.checkpoint_every
+    step = make_step(run, learner)
+    x_train, y_train, progress = data.x_train, data.y_train, run.progress
+    # One process reads its Ctrl-C flag every step; several must agree, so they do it with the checks.
+    poll_stop, every = not dist.enabled, spec.train.checkpoint_every
     try:
         for epoch in range(cursor.epoch, epochs):
+            clock = EpochClock(cursor.spent)
             order = epoch_order(n, spec.train.shuffle, learner.generators["order"], cursor, run.device)
             if rows is not None:
                 order = rows[order]  # a bootstrap member draws its epoch from its resample
             # One process sees the epoch's samples in order: their labels are known now, in one gather.
-            ahead = None if dist.enabled else data.y_train[order[cursor.step * batch_size:]]
+            ahead = None if dist.enabled else y_train[order[cursor.step * batch_size:]]
             log = EpochLog(run.device, n, steps_per_epoch, cursor.global_step + 1, cursor.tally, labels=ahead)
             learner.model.train()
-            run.progress.start_epoch(epoch + 1, epochs, steps_per_epoch, member.index)
-            clock = EpochClock(cursor.spent)
-            for step in range(cursor.step, steps_per_epoch):
-                batch = order[step * batch_size:(step + 1) * batch_size]
-                mine = D.shard(batch, dist)
-                x, y = data.x_train[mine], data.y_train[mine]
-                weight = mine.shape[0] * dist.world_size / batch.shape[0]
-                loss, outputs = train_step(run, learner, x, y, weight)
+            progress.start_epoch(epoch + 1, epochs, steps_per_epoch, member.index)
+            for indices, weight in rank_batches(order, batch_size, dist)[cursor.step:]:
+                y = y_train[indices]
+                loss, outputs = step(x_train[indices], y, weight)
                 log.add(loss, outputs, y)
-                cursor.step, cursor.global_step = step + 1, cursor.global_step + 1
-                if cursor.global_step % CHECK_EVERY == 0:
-                    check_finite(log, dist)
-                if cursor.global_step % stop_every == 0 and run.stop.agreed(run.device):
-                    check_finite(log, dist)
-                    _interrupt(run, member, learner, cursor, log, clock)
-                if every and cursor.global_step % every == 0 and cursor.step < steps_per_epoch:
-                    check_finite(log, dist)
-                    cursor.spent = clock.spent()
-                    save_checkpoint(run, member, learner, cursor, log)
-                if run.progress.live:
-                    run.progress.update(cursor.step, log.samples() * dist.world_size, log.mean_loss)
+                cursor.step += 1
+                cursor.global_step += 1
+                done = cursor.global_step
+                if done % CHECK_EVERY == 0 or (every and done % every == 0) or (poll_stop and run.stop.requested):
+                    _between_steps(run, member, learner, cursor, log, clock, steps_per_epoch)
+                if progress.live:
+                    progress.update(cursor.step, log.samples, log.mean_loss)
             check_finite(log, dist)
             stop = _end_epoch(run, member, learner, cursor, log, clock)
             if stop:
@@ -627,12 +658,30 @@ def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
     return learner, cursor
 
 
+def _between_steps(run: Run, member: Member, learner: Learner, cursor: Cursor, log: EpochLog, clock: EpochClock,
+                   steps_per_epoch: int) -> None:  # fmt: skip
+    """What runs at some step boundaries only: the non-finite check, Ctrl-C, the periodic checkpoint.
+
+    Every rank calls this at the same steps (the stop flag is polled every
+    step only when there is one process), because all three may talk to the
+    other ranks.
+    """
+    done, dist, every = cursor.global_step, run.dist, run.spec.train.checkpoint_every
+    if done % CHECK_EVERY == 0:
+        check_finite(log, dist)
+    if (done % CHECK_EVERY == 0 or not dist.enabled) and run.stop.agreed(run.device):
+        check_finite(log, dist)
+        _interrupt(run, member, learner, cursor, log, clock)
+    if every and done % every == 0 and cursor.step < steps_per_epoch:
+        check_finite(log, dist)
+        cursor.spent = clock.spent()
+        save_checkpoint(run, member, learner, cursor, log)
+
+
 def _end_epoch(run: Run, member: Member, learner: Learner, cursor: Cursor, log: EpochLog, clock: EpochClock) -> bool:
     """Epoch bookkeeping: metrics, validation, schedule, early stopping, checkpoint. True = stop now."""
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
-    seconds, cpu_seconds = clock.spent()
-    train_loss, train_accuracy, samples = log.totals(run.dist)
+    train_loss, train_accuracy, samples = log.totals(run.dist)  # reads the device: the GPU has finished the epoch
+    seconds, cpu_seconds = clock.spent()  # the epoch's training, its order and its metrics; not validation
     record: dict[str, Any] = {"epoch": cursor.epoch + 1}
     if member.index is not None:
         record["member"] = member.index
@@ -709,7 +758,7 @@ def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, 
              quiet: bool) -> dict[str, Any]:  # fmt: skip
     """Train every member of one run directory, evaluate, and write the summary."""
     wall = time.perf_counter()
-    progress = Progress(enabled=not quiet and dist.is_main)
+    progress = Progress(enabled=not quiet and dist.is_main, world_size=dist.world_size)
     if dist.is_main:
         directory.mkdir(parents=True, exist_ok=True)
         report.write_spec(directory, spec)
