@@ -12,8 +12,8 @@ of every step.
 Every run is a fresh process, as real training is. Why: on the CPU, glibc's
 heap keeps the history of a process, and where a step's large gradient
 buffers land (hot or cold memory) depends on it; two loops timed one after
-the other in one process differ by up to ±10% from that alone, whichever runs
-first. Each repeat runs the runner and then the hand loops back to back, and
+the other in one process differ by up to ±10% from that alone, depending on
+what ran before them. Each repeat runs the runner and then the hand loops back to back, and
 the overhead is the median over repeats of the ratio of their median step
 times — a paired design, so that changes in the machine's load between
 repeats cancel; the interquartile range shows how steady the machine was.
