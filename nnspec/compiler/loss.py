@@ -74,14 +74,12 @@ def loss_function(loss: T.Kind, kernel: str = TORCH) -> LossFunction:
         return lambda outputs, labels, weight: F.cross_entropy(outputs, labels, weight=weight, label_smoothing=smoothing)
     if kind == "nll":
         return lambda outputs, labels, weight: F.nll_loss(outputs, labels)
-    regression: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-        "mse": F.mse_loss,
-        "bce": F.binary_cross_entropy,
-        "bce_with_logits": F.binary_cross_entropy_with_logits,
-        "l1": F.l1_loss,
-        "huber": functools.partial(F.huber_loss, delta=getattr(loss, "delta", 1.0)),
-    }
-    if kind not in regression:  # unreachable: the schema lists the kinds
+    if kind not in T.ONE_HOT_LOSSES:  # unreachable: the schema lists the kinds
         raise ValueError(f"no implementation for loss {kind!r}")
-    compare = regression[kind]
+    compare: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    if kind == "huber":
+        compare = functools.partial(F.huber_loss, delta=loss.delta)
+    else:
+        compare = {"mse": F.mse_loss, "bce": F.binary_cross_entropy,
+                   "bce_with_logits": F.binary_cross_entropy_with_logits, "l1": F.l1_loss}[kind]  # fmt: skip
     return lambda outputs, labels, weight: compare(outputs, one_hot_targets(outputs, labels))
