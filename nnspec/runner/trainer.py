@@ -73,7 +73,7 @@ __all__ = ["RunError", "train", "evaluate", "resolve_spec", "fit", "make_step", 
 #: on Ctrl-C this often.
 CHECK_EVERY = 64
 #: Training batches are gathered from the dataset up to this many steps at a time, and up to this many
-#: bytes of inputs (see gathered_batches; 1 MiB measured best of 1 step, 1 MiB and 8 MiB on the CPU).
+#: bytes of inputs (see gathered_batches, and docs/training.md's "Overhead of the runner" for the choice).
 GATHER_STEPS = 64
 GATHER_BYTES = 1 << 20
 #: Seeds of different ranks / members are this far apart, so their random streams never coincide.
@@ -620,10 +620,10 @@ def gathered_batches(x: Tensor, y: Tensor, steps: Sequence[tuple[Tensor, float]]
     step_bytes = math.prod(x.shape[1:]) * x.element_size() * max(1, steps[0][0].shape[0])
     per_gather = max(1, min(GATHER_STEPS, GATHER_BYTES // max(1, step_bytes)))
     for start in range(0, len(steps), per_gather):
-        run = steps[start:start + per_gather]
-        indices = torch.cat([rows for rows, _ in run]) if len(run) > 1 else run[0][0]
-        sizes = [rows.shape[0] for rows, _ in run]
-        yield from zip(x[indices].split(sizes), y[indices].split(sizes), [weight for _, weight in run])
+        group = steps[start:start + per_gather]
+        indices = torch.cat([rows for rows, _ in group]) if len(group) > 1 else group[0][0]
+        sizes = [rows.shape[0] for rows, _ in group]
+        yield from zip(x[indices].split(sizes), y[indices].split(sizes), [weight for _, weight in group])
 
 
 def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
