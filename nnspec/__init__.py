@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from nnspec.version import __version__
 
 _API = {
     "Spec": "nnspec.spec",
@@ -20,8 +20,8 @@ _API = {
     "build": "nnspec.compiler",
     "build_loss": "nnspec.compiler",
     "plan": "nnspec.compiler",
-    "train": "nnspec.runner",
-    "evaluate": "nnspec.runner",
+    "train": "nnspec.train",
+    "evaluate": "nnspec.train",
 }
 
 __all__ = ["__version__", *_API]
@@ -29,11 +29,13 @@ __all__ = ["__version__", *_API]
 if TYPE_CHECKING:  # pragma: no cover
     from nnspec.compiler import build, build_loss, plan
     from nnspec.errors import SpecError
-    from nnspec.runner import evaluate, train
     from nnspec.spec import Spec, load_spec, loads_spec
+    from nnspec.train import evaluate, train
 
 
 def __getattr__(name: str) -> Any:
+    if name == "train":  # the callable package itself (see nnspec/train/__init__.py)
+        return import_module("nnspec.train")
     if name in _API:
         value = getattr(import_module(_API[name]), name)
         globals()[name] = value

@@ -67,21 +67,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nnspec.runner import train
+    from nnspec.train import train
 
     train(args.spec, overrides=args.set, out=args.out, resume=args.resume, seeds=args.seeds, quiet=args.quiet)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nnspec.runner import evaluate
+    from nnspec.train import evaluate
 
     evaluate(args.spec, checkpoint=args.checkpoint, overrides=args.set, quiet=args.quiet)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from nnspec.runner.bench import run
+    from nnspec.bench import run
 
     return run(args, ["nnspec", *sys.argv[1:]])
 
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or weights file)")
         p.set_defaults(run=run)
 
-    from nnspec.runner.bench.options import add_arguments as add_bench_arguments  # argparse only
+    from nnspec.bench.options import add_arguments as add_bench_arguments  # argparse only
 
     p = sub.add_parser("bench", help="benchmark the kernels and compiled specs; write a report (md, json, png)")
     add_bench_arguments(p)

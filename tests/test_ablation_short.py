@@ -1,7 +1,7 @@
 """The textbook ablation, short: every variant trains one epoch on 10,000 MNIST samples.
 
 The full reproduction (60,000 samples, 3 epochs, 3 seeds) is
-`python -m nnspec.runner.study ablation` and its report is reports/ablation-mnist.md.
+`python -m nnspec.bench.study ablation` and its report is reports/ablation-mnist.md.
 Here each variant must clear a floor far above chance (10%), so a broken loss,
 optimizer, activation or normalization fails CI. The floors sit well below what
 these runs reached when written (baseline 33%, bce 54%, leaky_relu 86%, adam 90%,
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nnspec.runner import train
-from nnspec.runner.datasets import locate_idx_files
+from nnspec.train import train
+from nnspec.data.idx import locate_idx_files
 
 ABLATION = Path(__file__).resolve().parents[1] / "specs" / "ablation"
 FLOORS = {"baseline": 0.20, "bce": 0.35, "leaky_relu": 0.70, "adam": 0.75, "layer_norm": 0.70, "combined": 0.80}

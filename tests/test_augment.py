@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.augment: each operation changes the batch, does what it says, and is reproducible."""
+"""Tests for nnspec.data.augment: each operation changes the batch, does what it says, and is reproducible."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.runner import augment as aug
-from nnspec.runner.augment import (
+from nnspec.data import augment as aug
+from nnspec.data.augment import (
     build_augment,
     gaussian_noise,
     hflip,

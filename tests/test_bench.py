@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnspec.runner.bench import compare as C
-from nnspec.runner.bench import kernels as K
-from nnspec.runner.bench.report import FORMAT_VERSION, write_json
-from nnspec.runner.bench.timing import quantile, summarize
+from nnspec.bench import compare as C
+from nnspec.bench import kernels as K
+from nnspec.bench.report import FORMAT_VERSION, write_json
+from nnspec.bench.timing import quantile, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_SHAPES = {("linear_leaky_relu", "128x784->200"), ("linear_leaky_relu", "1024x784->200"),
@@ -208,10 +208,11 @@ _BLOCKER = textwrap.dedent(
     mode, target, *args = sys.argv[1:]
     code = 0
     try:
-        if mode == "module":
+        if mode in ("module", "alias"):
+            module = "nnspec.bench" if mode == "module" else "nnspec.runner.bench"
             sys.path.insert(0, target)
-            sys.argv = ["nnspec.runner.bench", *args]
-            runpy.run_module("nnspec.runner.bench", run_name="__main__", alter_sys=True)
+            sys.argv = [module, *args]
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         else:
             sys.argv = [target, *args]
             sys.path[0] = str(__import__("pathlib").Path(target).parent)
@@ -245,22 +246,29 @@ def _check_blocked(proc: subprocess.CompletedProcess, out: Path) -> None:
 
 
 def test_kernel_suite_runs_without_pydantic_as_module(tmp_path):
-    """``PYTHONPATH=. python -m nnspec.runner.bench kernels`` with pydantic unimportable.
+    """``PYTHONPATH=. python -m nnspec.bench kernels`` with pydantic unimportable.
 
-    This needs every package on the way (nnspec, nnspec.runner) to import nothing that needs
+    This needs every package on the way (nnspec, nnspec.bench) to import nothing that needs
     pydantic at import time: a package ``__init__`` that eagerly imports the trainer breaks it.
     """
     proc, out = _blocked(tmp_path, "module", str(REPO))
-    if proc.returncode != 0 and "nnspec/runner/__init__.py" in proc.stderr and "pydantic" in proc.stderr:
-        pytest.fail("nnspec/runner/__init__.py imports pydantic at import time (through the trainer), so "
-                    "`python -m nnspec.runner.bench` cannot run without pydantic; make its exports lazy "
+    if proc.returncode != 0 and "__init__.py" in proc.stderr and "pydantic" in proc.stderr:
+        pytest.fail("a package __init__ imports pydantic at import time (through the trainer), so "
+                    "`python -m nnspec.bench` cannot run without pydantic; make its exports lazy "
                     "(PEP 562 __getattr__), as nnspec/__init__.py does.\n" + proc.stderr[-1500:])  # fmt: skip
     _check_blocked(proc, out)
 
 
+def test_old_module_path_still_runs_the_kernel_suite_without_pydantic(tmp_path):
+    """``python -m nnspec.runner.bench`` (the 0.1 layout, documented then) still works, for one release."""
+    proc, out = _blocked(tmp_path, "alias", str(REPO))
+    _check_blocked(proc, out)
+    assert "nnspec.runner.bench is now nnspec.bench" in proc.stderr
+
+
 def test_kernel_suite_runs_without_pydantic_as_script(tmp_path):
-    """``python nnspec/runner/bench/__main__.py kernels`` with pydantic unimportable."""
-    proc, out = _blocked(tmp_path, "script", str(REPO / "nnspec" / "runner" / "bench" / "__main__.py"))
+    """``python nnspec/bench/__main__.py kernels`` with pydantic unimportable."""
+    proc, out = _blocked(tmp_path, "script", str(REPO / "nnspec" / "bench" / "__main__.py"))
     _check_blocked(proc, out)
 
 
@@ -334,7 +342,7 @@ def test_cuda_tiny_suite_times_triton_with_graphs(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_event_timer_flushes_l2():
-    from nnspec.runner.bench.timing import l2_flush_buffer, time_cuda
+    from nnspec.bench.timing import l2_flush_buffer, time_cuda
 
     buf = l2_flush_buffer()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size

@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.datasets: IDX loading and verification, lookup, download, npz, synthetic, prepare.
+"""Tests for nnspec.data.datasets: IDX loading and verification, lookup, download, npz, synthetic, prepare.
 
 Most tests build tiny IDX datasets on the fly (with the checksum table
 patched to match), so they run in milliseconds and need no real data; the
@@ -23,8 +23,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.runner import datasets as ds
-from nnspec.runner.datasets import DataError, Dataset, load_dataset, parse_idx, prepare
+from nnspec.data import idx
+from nnspec.data.datasets import DataError, Dataset, load_dataset, prepare
+from nnspec.data.idx import parse_idx
 
 # --------------------------------------------------------------------------
 # helpers
@@ -66,11 +67,11 @@ def write_idx_dir(directory: Path, contents: dict[str, bytes], *, gz: bool = Tru
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No NNSPEC_DATA, HOME in tmp, no system dirs: nothing outside tmp_path can be found."""
-    monkeypatch.delenv(ds.DATA_ENV, raising=False)
+    monkeypatch.delenv(idx.DATA_ENV, raising=False)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(ds, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    monkeypatch.setattr(idx, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     return tmp_path
 
 
@@ -78,16 +79,16 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def fake_mnist(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     """A tiny dataset whose checksums are installed as MNIST's known MD5s."""
     contents = make_fake_idx()
-    source = dataclasses.replace(ds.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
-    monkeypatch.setitem(ds.IDX_DATASETS, "mnist", source)
+    source = dataclasses.replace(idx.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", source)
     return contents
 
 
 def real_idx_dir(name: str) -> dict[str, Path]:
     """The real files if they can be found without downloading, else skip the test."""
-    files = ds.locate_idx_files(name)
+    files = idx.locate_idx_files(name)
     if files is None:
-        pytest.skip(f"{name} files not found (set {ds.DATA_ENV} or install them)")
+        pytest.skip(f"{name} files not found (set {idx.DATA_ENV} or install them)")
     return files
 
 
@@ -99,8 +100,8 @@ def real_mnist_files() -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def real_mnist() -> Dataset:
-    if ds.locate_idx_files("mnist") is None:
-        pytest.skip(f"MNIST files not found (set {ds.DATA_ENV})")
+    if idx.locate_idx_files("mnist") is None:
+        pytest.skip(f"MNIST files not found (set {idx.DATA_ENV})")
     return load_dataset("mnist", download=False)
 
 
@@ -214,8 +215,8 @@ def test_truncated_gzip_stream_is_reported(isolated: Path, fake_mnist: dict[str,
 def test_image_label_count_mismatch_is_reported(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     contents = make_fake_idx()
     contents["train-labels-idx1-ubyte"] = idx_bytes(np.zeros(11, dtype=np.uint8))
-    source = dataclasses.replace(ds.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
-    monkeypatch.setitem(ds.IDX_DATASETS, "mnist", source)
+    source = dataclasses.replace(idx.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", source)
     write_idx_dir(isolated / "mnist", contents)
     with pytest.raises(DataError, match="12 images but .* has 11 labels"):
         load_dataset("mnist", root=isolated, download=False)
@@ -225,14 +226,14 @@ def test_wrong_rank_and_image_size_are_reported(isolated: Path, monkeypatch: pyt
     contents = make_fake_idx()
     contents["t10k-images-idx3-ubyte"] = idx_bytes(np.zeros((5, 28, 27), dtype=np.uint8))
     contents["train-labels-idx1-ubyte"] = idx_bytes(np.zeros((12, 1), dtype=np.uint8))
-    source = dataclasses.replace(ds.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
-    monkeypatch.setitem(ds.IDX_DATASETS, "mnist", source)
+    source = dataclasses.replace(idx.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", source)
     write_idx_dir(isolated / "mnist", contents)
     with pytest.raises(DataError, match="2-dimensional array but a 1-dimensional"):
         load_dataset("mnist", root=isolated, download=False)
     contents["train-labels-idx1-ubyte"] = idx_bytes(np.zeros(12, dtype=np.uint8))
     monkeypatch.setitem(
-        ds.IDX_DATASETS, "mnist", dataclasses.replace(source, md5={k: md5(v) for k, v in contents.items()})
+        idx.IDX_DATASETS, "mnist", dataclasses.replace(source, md5={k: md5(v) for k, v in contents.items()})
     )
     write_idx_dir(isolated / "mnist", contents)
     with pytest.raises(DataError, match="expected 28x28"):
@@ -242,8 +243,8 @@ def test_wrong_rank_and_image_size_are_reported(isolated: Path, monkeypatch: pyt
 def test_out_of_range_label_is_reported(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     contents = make_fake_idx()
     contents["t10k-labels-idx1-ubyte"] = idx_bytes(np.array([1, 2, 10, 3, 4], dtype=np.uint8))
-    source = dataclasses.replace(ds.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
-    monkeypatch.setitem(ds.IDX_DATASETS, "mnist", source)
+    source = dataclasses.replace(idx.IDX_DATASETS["mnist"], md5={k: md5(v) for k, v in contents.items()})
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", source)
     write_idx_dir(isolated / "mnist", contents)
     with pytest.raises(DataError, match="contains label 10"):
         load_dataset("mnist", root=isolated, download=False)
@@ -255,10 +256,10 @@ def test_out_of_range_label_is_reported(isolated: Path, monkeypatch: pytest.Monk
 
 
 def test_search_order_root_env_cache_system(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ds.DATA_ENV, str(isolated / "env"))
-    dirs = ds.search_dirs(isolated / "root")
+    monkeypatch.setenv(idx.DATA_ENV, str(isolated / "env"))
+    dirs = idx.search_dirs(isolated / "root")
     assert dirs == [isolated / "root", isolated / "env", isolated / "home" / ".cache" / "nnspec", isolated / "system"]
-    assert ds.search_dirs(None)[0] == isolated / "env"
+    assert idx.search_dirs(None)[0] == isolated / "env"
 
 
 def test_locate_prefers_earlier_directories(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,10 +270,10 @@ def test_locate_prefers_earlier_directories(isolated: Path, monkeypatch: pytest.
         "env": isolated / "env" / "mnist",
         "root": isolated / "root" / "mnist",
     }
-    monkeypatch.setenv(ds.DATA_ENV, str(isolated / "env"))
+    monkeypatch.setenv(idx.DATA_ENV, str(isolated / "env"))
     for label in ("system", "cache", "env", "root"):
         write_idx_dir(places[label], contents)
-        found = ds.locate_idx_files("mnist", root=isolated / "root")
+        found = idx.locate_idx_files("mnist", root=isolated / "root")
         assert found is not None
         assert found["train-images-idx3-ubyte"].parent == places[label]
 
@@ -282,32 +283,32 @@ def test_incomplete_directory_is_skipped(isolated: Path) -> None:
     complete = write_idx_dir(isolated / "system" / "mnist", contents)
     partial = write_idx_dir(isolated / "root" / "mnist", {"train-images-idx3-ubyte": b"x"})
     assert partial.exists()
-    found = ds.locate_idx_files("mnist", root=isolated / "root")
+    found = idx.locate_idx_files("mnist", root=isolated / "root")
     assert found is not None and found["t10k-labels-idx1-ubyte"].parent == complete
 
 
 @pytest.mark.parametrize("folder", ["fashion-mnist", "fashion_mnist"])
 def test_fashion_mnist_folder_spellings(isolated: Path, folder: str) -> None:
     write_idx_dir(isolated / "base" / folder, make_fake_idx())
-    found = ds.locate_idx_files("fashion_mnist", root=isolated / "base")
+    found = idx.locate_idx_files("fashion_mnist", root=isolated / "base")
     assert found is not None and found["train-images-idx3-ubyte"].parent.name == folder
-    assert ds.locate_idx_files("mnist", root=isolated / "base") is None
+    assert idx.locate_idx_files("mnist", root=isolated / "base") is None
 
 
 def test_missing_without_download_gives_one_complete_error(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("download=False must not touch the network")
 
-    monkeypatch.setattr(ds, "urlopen", no_network)
+    monkeypatch.setattr(idx, "urlopen", no_network)
     with pytest.raises(DataError) as info:
         load_dataset("fashion_mnist", root=isolated / "mine", download=False)
     message = str(info.value)
     assert "\n" not in message
-    for stem in ds.IDX_FILES:
+    for stem in idx.IDX_FILES:
         assert stem in message
     assert str(isolated / "mine" / "fashion-mnist") in message
     assert str(isolated / "system" / "fashion_mnist") in message
-    assert "download=False" in message and ds.DATA_ENV in message and "root=" in message
+    assert "download=False" in message and idx.DATA_ENV in message and "root=" in message
     assert "apt-get install dataset-fashion-mnist" in message
 
 
@@ -330,7 +331,7 @@ class FakeNetwork:
         return io.BytesIO(self.files[url])
 
 
-def serve(source: ds.IdxSource, mirror: int, contents: dict[str, bytes]) -> dict[str, bytes]:
+def serve(source: idx.IdxSource, mirror: int, contents: dict[str, bytes]) -> dict[str, bytes]:
     """URLs of mirror number ``mirror`` mapped to gzipped ``contents``."""
     return {f"{source.mirrors[mirror]}{stem}.gz": gzip.compress(data) for stem, data in contents.items()}
 
@@ -338,12 +339,12 @@ def serve(source: ds.IdxSource, mirror: int, contents: dict[str, bytes]) -> dict
 def test_download_writes_verified_files_and_is_reused(
     isolated: Path, fake_mnist: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = ds.IDX_DATASETS["mnist"]
+    source = idx.IDX_DATASETS["mnist"]
     network = FakeNetwork(serve(source, 1, fake_mnist))  # first mirror is "down"
-    monkeypatch.setattr(ds, "urlopen", network)
+    monkeypatch.setattr(idx, "urlopen", network)
     data = load_dataset("mnist")
     target = isolated / "home" / ".cache" / "nnspec" / "mnist"
-    assert sorted(p.name for p in target.iterdir()) == sorted(f"{s}.gz" for s in ds.IDX_FILES)
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{s}.gz" for s in idx.IDX_FILES)
     assert data.x_train.shape == (12, 1, 28, 28)
     assert any(url.startswith(source.mirrors[0]) for url in network.requests)
     count = len(network.requests)
@@ -354,7 +355,7 @@ def test_download_writes_verified_files_and_is_reused(
 def test_download_goes_to_root_when_given(
     isolated: Path, fake_mnist: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ds, "urlopen", FakeNetwork(serve(ds.IDX_DATASETS["mnist"], 0, fake_mnist)))
+    monkeypatch.setattr(idx, "urlopen", FakeNetwork(serve(idx.IDX_DATASETS["mnist"], 0, fake_mnist)))
     load_dataset("mnist", root=isolated / "r")
     assert len(list((isolated / "r" / "mnist").glob("*.gz"))) == 4
     assert not (isolated / "home" / ".cache").exists()
@@ -364,11 +365,11 @@ def test_download_rejects_bad_checksum_and_leaves_nothing(
     isolated: Path, fake_mnist: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tampered = {stem: data[:-1] + bytes([(data[-1] + 1) % 256]) for stem, data in fake_mnist.items()}
-    source = ds.IDX_DATASETS["mnist"]
+    source = idx.IDX_DATASETS["mnist"]
     served = {}
     for mirror in range(len(source.mirrors)):
         served.update(serve(source, mirror, tampered))
-    monkeypatch.setattr(ds, "urlopen", FakeNetwork(served))
+    monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("mnist", root=isolated / "r")
     assert list((isolated / "r" / "mnist").iterdir()) == []
@@ -377,9 +378,9 @@ def test_download_rejects_bad_checksum_and_leaves_nothing(
 def test_download_rejects_non_gzip_payload(
     isolated: Path, fake_mnist: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = ds.IDX_DATASETS["mnist"]
-    served = {f"{m}{stem}.gz": b"<html>not found</html>" for m in source.mirrors for stem in ds.IDX_FILES}
-    monkeypatch.setattr(ds, "urlopen", FakeNetwork(served))
+    source = idx.IDX_DATASETS["mnist"]
+    served = {f"{m}{stem}.gz": b"<html>not found</html>" for m in source.mirrors for stem in idx.IDX_FILES}
+    monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="not a valid gzip"):
         load_dataset("mnist", root=isolated / "r")
     assert list((isolated / "r" / "mnist").iterdir()) == []
@@ -387,26 +388,26 @@ def test_download_rejects_non_gzip_payload(
 
 def test_offline_download_gives_one_complete_error(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     network = FakeNetwork({})
-    monkeypatch.setattr(ds, "urlopen", network)
+    monkeypatch.setattr(idx, "urlopen", network)
     with pytest.raises(DataError) as info:
         load_dataset("mnist")
     message = str(info.value)
     assert "\n" not in message
     assert "MNIST data not found" in message and "offline" in message
-    assert all(stem in message for stem in ds.IDX_FILES)
-    assert str(isolated / "system" / "mnist") in message and ds.DATA_ENV in message
-    assert len(network.requests) == len(ds.IDX_DATASETS["mnist"].mirrors)  # every mirror tried once
+    assert all(stem in message for stem in idx.IDX_FILES)
+    assert str(isolated / "system" / "mnist") in message and idx.DATA_ENV in message
+    assert len(network.requests) == len(idx.IDX_DATASETS["mnist"].mirrors)  # every mirror tried once
 
 
 def test_failed_write_leaves_no_temporary_file(
     isolated: Path, fake_mnist: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ds, "urlopen", FakeNetwork(serve(ds.IDX_DATASETS["mnist"], 0, fake_mnist)))
+    monkeypatch.setattr(idx, "urlopen", FakeNetwork(serve(idx.IDX_DATASETS["mnist"], 0, fake_mnist)))
 
     def failing_replace(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ds.os, "replace", failing_replace)
+    monkeypatch.setattr(idx.os, "replace", failing_replace)
     with pytest.raises(DataError, match="could not write .*No space left on device"):
         load_dataset("mnist", root=isolated / "r")
     assert list((isolated / "r" / "mnist").iterdir()) == []
@@ -416,9 +417,9 @@ def test_download_of_real_mnist_bytes(
     real_mnist_files: dict[str, Path], isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real checksums accept the real files when the (fake) network serves them."""
-    real = ds.IDX_DATASETS["mnist"]
+    real = idx.IDX_DATASETS["mnist"]
     served = {f"{real.mirrors[0]}{stem}.gz": _as_gz(path) for stem, path in real_mnist_files.items()}
-    monkeypatch.setattr(ds, "urlopen", FakeNetwork(served))
+    monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     data = load_dataset("mnist", root=isolated / "dl")
     assert data.x_train.shape == (60000, 1, 28, 28) and data.y_test.shape == (10000,)
     assert len(list((isolated / "dl" / "mnist").glob("*.gz"))) == 4

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnspec.runner import train
-from nnspec.runner import checkpoint as ckpt
-from nnspec.runner.distributed import Dist, shard
+from nnspec.train import train
+from nnspec.train import checkpoint as ckpt
+from nnspec.train.distributed import Dist, shard
 
 SPEC = """\
 nnspec: 1

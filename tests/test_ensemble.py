@@ -1,11 +1,11 @@
-"""Tests for nnspec.runner.ensemble: bootstrap resampling and combining members' outputs."""
+"""Tests for nnspec.train.ensemble: bootstrap resampling and combining members' outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nnspec.runner.ensemble import bootstrap_indices, combine
+from nnspec.train.ensemble import bootstrap_indices, combine
 
 
 def test_bootstrap_samples_with_replacement_in_range() -> None:

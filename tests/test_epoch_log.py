@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.epoch_log: the queued per-step metrics and the non-finite check."""
+"""Tests for nnspec.train.epoch_log: the queued per-step metrics and the non-finite check."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from nnspec.runner import distributed as D
-from nnspec.runner.epoch_log import EpochLog, NonFinite, check_finite
+from nnspec.train import distributed as D
+from nnspec.train.epoch_log import EpochLog, NonFinite, check_finite
 
 CPU = torch.device("cpu")
 

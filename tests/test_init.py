@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.init: schemes per kind and per layer, Kaiming gains, pretrained weights."""
+"""Tests for nnspec.train.init: schemes per kind and per layer, Kaiming gains, pretrained weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import nnspec
 from nnspec.errors import SpecError
-from nnspec.runner.init import initialize
+from nnspec.train.init import initialize
 from nnspec.spec.model import Spec
 
 

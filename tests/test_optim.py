@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.optim: parameter split, optimizers with decoupled decay, lr schedules."""
+"""Tests for nnspec.train.optim: parameter split, optimizers with decoupled decay, lr schedules."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import nnspec
-from nnspec.runner.optim import (
+from nnspec.train.optim import (
     DECAY_KEY,
     build_optimizer,
     build_schedule,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nnspec.runner import overhead
+from nnspec.bench import overhead
 
 
 def test_every_loop_times_its_epochs_after_the_warm_up() -> None:
@@ -21,7 +21,7 @@ def test_every_loop_times_its_epochs_after_the_warm_up() -> None:
 
 def test_the_benchmark_prints_its_table(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "nnspec.runner.overhead", "--case", "tiny", "--repeats", "1", "--epochs", "2"],
+        [sys.executable, "-m", "nnspec.bench.overhead", "--case", "tiny", "--repeats", "1", "--epochs", "2"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""Tests for nnspec.runner.regularize: penalties, clipping, early stopping, input noise, FGSM."""
+"""Tests for nnspec.train.regularize: penalties, clipping, early stopping, input noise, FGSM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnspec
-from nnspec.runner.regularize import (
+from nnspec.train.regularize import (
     EarlyStopping,
     clip_gradients,
     fgsm_example,
@@ -76,7 +76,7 @@ def test_l2_shrinks_weights_and_leaves_other_parameters_bit_identical() -> None:
     """With zero data gradient, an SGD step on the penalty alone is w -= lr * 2 * l2 * w."""
     spec = nnspec.loads_spec(MODEL + "optimizer: {sgd: 0.1}\nregularization: {l2: 0.5}\n")
     model = build(spec)
-    from nnspec.runner.optim import build_optimizer
+    from nnspec.train.optim import build_optimizer
 
     opt = build_optimizer(spec, model)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnspec.runner import RunError, train
-from nnspec.runner import checkpoint as ckpt
-from nnspec.runner.epoch_log import EpochLog
+from nnspec.train import RunError, train
+from nnspec.train import checkpoint as ckpt
+from nnspec.train.epoch_log import EpochLog
 
 SPEC = """\
 nnspec: 1

@@ -21,12 +21,13 @@ import yaml
 
 from nnspec.compiler import build
 from nnspec.errors import SpecError
-from nnspec.runner import RunError, evaluate, train
-from nnspec.runner import checkpoint as ckpt
-from nnspec.runner import trainer
-from nnspec.runner.datasets import load_dataset, locate_idx_files, prepare
-from nnspec.runner.init import initialize
-from nnspec.runner.progress import Progress
+from nnspec.train import RunError, evaluate, train
+from nnspec.train import checkpoint as ckpt
+from nnspec.train import loop
+from nnspec.data.datasets import load_dataset, prepare
+from nnspec.data.idx import locate_idx_files
+from nnspec.train.init import initialize
+from nnspec.train.progress import Progress
 from nnspec.spec import load_spec, loads_spec
 
 SPEC = """\
@@ -153,17 +154,17 @@ def test_runner_matches_a_hand_written_loop_bit_for_bit(spec_file: Path, tmp_pat
 @pytest.mark.parametrize("gather_bytes", [1, 3 * (4 * 5 * 4), 1 << 20], ids=["one step", "three steps", "all"])
 def test_gathered_batches_are_the_steps_own_samples(monkeypatch, gather_bytes: int):
     """Gathering a run of steps at once hands every step exactly x[indices], y[indices] and its weight."""
-    monkeypatch.setattr(trainer, "GATHER_BYTES", gather_bytes)
+    monkeypatch.setattr(loop, "GATHER_BYTES", gather_bytes)
     x = torch.randn(40, 5)
     y = torch.randint(0, 3, (40,))
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     steps = [(rows, 1.0 + i) for i, rows in enumerate(order[:39].split(4))]  # a ragged last batch of 3
     steps.append((order[39:39], 0.0))  # a rank's empty shard of a tiny last batch (DDP)
-    gathered = list(trainer.gathered_batches(x, y, steps))
+    gathered = list(loop.gathered_batches(x, y, steps))
     assert len(gathered) == len(steps)
     for (xb, yb, weight), (rows, expected_weight) in zip(gathered, steps):
         assert torch.equal(xb, x[rows]) and torch.equal(yb, y[rows]) and weight == expected_weight
-    assert list(trainer.gathered_batches(x, y, [])) == []
+    assert list(loop.gathered_batches(x, y, [])) == []
 
 
 def test_same_seed_same_result_other_seed_differs(spec_file: Path, tmp_path: Path):

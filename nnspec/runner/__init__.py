@@ -1,28 +1,15 @@
-"""The runner: train a spec (``nnspec train``) and evaluate saved weights (``nnspec eval``).
+"""Old module paths of nnspec 0.1, kept working for one release (removed in 0.3).
 
-``train``, ``evaluate`` and ``RunError`` live in :mod:`nnspec.runner.trainer`
-and are imported on first use (PEP 562), so that importing one of the
-standalone submodules (``nnspec.runner.datasets``, ``augment``, …) does not
-pull in the compiler and the whole training stack.
-
-See docs/training.md for the run directory layout, resuming, multi-process
-training and the measured overhead.
+The 0.1 layout kept training, data and measurement under ``nnspec.runner``; they now live in
+:mod:`nnspec.train`, :mod:`nnspec.data` and :mod:`nnspec.bench`. Only the entry points that
+the documentation told users to run are kept, each printing where it moved:
+``python -m nnspec.runner.bench``, ``python -m nnspec.runner.study`` and
+``python -m nnspec.runner.overhead``. Nothing in nnspec imports this package.
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-__all__ = ["RunError", "evaluate", "train"]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from nnspec.runner.trainer import RunError, evaluate, train
+import sys
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(import_module("nnspec.runner.trainer"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'nnspec.runner' has no attribute {name!r}")
+def moved(old: str, new: str) -> None:
+    """Say once, on stderr, that ``python -m old`` is now ``python -m new``."""
+    print(f"nnspec: {old} is now {new}; the old name goes in nnspec 0.3", file=sys.stderr)

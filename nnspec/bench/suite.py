@@ -1,6 +1,6 @@
 """Running a bench: machine info and ceilings first, then the kernel and model suites, then
 the report.  Imports pydantic (through nnspec.spec / nnspec.compiler) only for the model
-suite, so ``python -m nnspec.runner.bench kernels`` runs where pydantic is not installed."""
+suite, so ``python -m nnspec.bench kernels`` runs where pydantic is not installed."""
 
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ def _specs_dir() -> Path | None:
     here = Path.cwd() / "specs"
     if here.is_dir():
         return here
-    import nnspec
-
-    repo = Path(nnspec.__file__).resolve().parents[1] / "specs"
+    repo = Path(__file__).resolve().parents[2] / "specs"  # a checkout: <repo>/nnspec/bench/suite.py
     return repo if repo.is_dir() else None
 
 
@@ -57,10 +55,10 @@ def default_out_dir(slug: str, command: str | None, suite: str) -> Path:
 def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
     import torch
 
-    from nnspec import __version__
-    from nnspec.runner.bench import kernels as K
-    from nnspec.runner.bench.machine import best_ceilings, device_slug, machine_info, measure_ceilings
-    from nnspec.runner.bench.report import FORMAT_VERSION, write_report
+    from nnspec.version import __version__
+    from nnspec.bench import kernels as K
+    from nnspec.bench.machine import best_ceilings, device_slug, machine_info, measure_ceilings
+    from nnspec.bench.report import FORMAT_VERSION, write_report
 
     started = time.perf_counter()
     log = _log(_opt(args, "quiet", False))
@@ -186,7 +184,7 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
 
     if spec_paths:
         try:
-            from nnspec.runner.bench import models as M
+            from nnspec.bench import models as M
         except ImportError as exc:  # pragma: no cover - exercised on hosts without pydantic
             notes.append(f"model suite skipped: {exc} (it needs the full nnspec install)")
             M = None
@@ -205,7 +203,7 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
                     report["accuracy"] = M.run_accuracy(spec_paths, mctx, out_dir)
 
     report["duration_s"] = time.perf_counter() - started
-    from nnspec.runner.bench.machine import load_average
+    from nnspec.bench.machine import load_average
 
     report["machine"]["load_average_end"] = load_average()
     busy = max((info.get("load_average") or [0])[0], (report["machine"]["load_average_end"] or [0])[0])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from nnspec.runner.bench.timing import time_cpu, time_cuda
+from nnspec.bench.timing import time_cpu, time_cuda
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnspec.runner.bench.report import FORMAT_VERSION, fmt_time, table
+from nnspec.bench.report import FORMAT_VERSION, fmt_time, table
 
 
 @dataclass

@@ -16,7 +16,7 @@ CUDA; on a CPU the growth of the process's peak resident set (VmHWM, reset throu
 /proc/self/clear_refs) - process-wide and allocator-dependent, so indicative only - or
 "n/a" when Linux cannot tell.
 
-``--accuracy`` trains each spec for real with ``nnspec.runner.train`` and records its test
+``--accuracy`` trains each spec for real with ``nnspec.train`` and records its test
 accuracy and the wall time the run took to reach it.
 
 This module needs pydantic (through ``nnspec.spec``); the kernel suite does not.
@@ -37,8 +37,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nnspec.runner.bench.kernels import compare
-from nnspec.runner.bench.timing import summarize, synchronize
+from nnspec.bench.kernels import compare
+from nnspec.bench.timing import summarize, synchronize
 
 VARIANTS = ("nnspec-triton", "torch", "torch+compile")
 
@@ -108,7 +108,7 @@ def _optimizer(spec, model) -> tuple[torch.optim.Optimizer, str]:
     """The optimizer ``nnspec train`` would build (same decay rules); SGD when the spec has none."""
     if spec.optimizer is None:
         return torch.optim.SGD(model.parameters(), lr=0.01), "sgd lr=0.01 (spec has no optimizer)"
-    from nnspec.runner.optim import build_optimizer
+    from nnspec.train.optim import build_optimizer
 
     return build_optimizer(spec, model), f"{spec.optimizer.type} lr={spec.optimizer.lr:g}"
 
@@ -318,7 +318,7 @@ def _curve(run_dir: Path) -> list[dict]:
 
 
 def run_accuracy(paths: list[str], ctx: ModelContext, out_dir: Path) -> list[dict]:
-    """Full training runs through ``nnspec.runner.train``: test accuracy and time to reach it.
+    """Full training runs through ``nnspec.train``: test accuracy and time to reach it.
 
     On CUDA each spec is trained twice, with ``train.kernels=triton`` and ``=torch``, so the
     accuracy of our kernels is compared with PyTorch's on the same spec and seed.
@@ -326,10 +326,10 @@ def run_accuracy(paths: list[str], ctx: ModelContext, out_dir: Path) -> list[dic
     kernel_choices = ["triton", "torch"] if ctx.device.type == "cuda" else ["torch"]
     rows = []
     try:
-        from nnspec.runner import train
+        from nnspec.train import train
     except ImportError as exc:
         return [{"suite": "accuracy", "spec": str(p), "status": "skipped",
-                 "reason": f"nnspec.runner.train is not available: {exc}"} for p in paths]  # fmt: skip
+                 "reason": f"nnspec.train is not available: {exc}"} for p in paths]  # fmt: skip
     for path in paths:
         for kernels in kernel_choices:
             row = {"suite": "accuracy", "spec": str(path), "kernels": kernels, "status": "error", "reason": None,

@@ -1,4 +1,4 @@
-"""Command-line options of ``nnspec bench`` (and ``python -m nnspec.runner.bench``).
+"""Command-line options of ``nnspec bench`` (and ``python -m nnspec.bench``).
 
 Only argparse here: ``nnspec --help`` builds this parser without importing torch.
 
@@ -64,7 +64,7 @@ def _model_opts(p: argparse.ArgumentParser, sub: bool) -> None:
     g.add_argument("--variants", type=_csv, default=d(None), metavar="V[,V]",
                    help="nnspec-triton, torch, torch+compile (default: all)")  # fmt: skip
     g.add_argument("--accuracy", action="store_true", default=d(False),
-                   help="also train each spec fully (nnspec.runner.train): test accuracy, time to accuracy")  # fmt: skip
+                   help="also train each spec fully (nnspec.train): test accuracy, time to accuracy")  # fmt: skip
     g.add_argument("--target-accuracy", type=float, default=d(None), metavar="FRACTION",
                    help="with --accuracy: report the training time until validation accuracy first reaches this "
                         "(e.g. 0.97); default: the whole run's wall time")  # fmt: skip
@@ -100,16 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Execute parsed ``bench`` arguments; returns the exit code."""
     if getattr(args, "bench_command", None) == "compare":
-        from nnspec.runner.bench.compare import main as compare_main
+        from nnspec.bench.compare import main as compare_main
 
         return compare_main(args.report_a, args.report_b, threshold_pct=args.threshold,
                             fail_on_regression=args.fail_on_regression, show_all=args.show_all)  # fmt: skip
-    from nnspec.runner.bench.suite import run_suite
+    from nnspec.bench.suite import run_suite
 
     return run_suite(args, list(sys.argv if argv is None else argv))
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m nnspec.runner.bench") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m nnspec.bench") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Benchmark nnspec's kernels and compiled specs.")
     add_arguments(parser)
     args = parser.parse_args(argv)

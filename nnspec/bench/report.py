@@ -323,7 +323,7 @@ def _model_tables(report: dict, plots: dict[str, str]) -> list[str]:
         target = next((r.get("target_accuracy") for r in acc if r.get("target_accuracy") is not None), None)
         what = (f"training time until validation accuracy first reached {100 * target:.1f}%" if target is not None
                 else "wall time of the whole run (no --target-accuracy given)")  # fmt: skip
-        lines += ["## Accuracy (full training runs through nnspec.runner.train)", "",
+        lines += ["## Accuracy (full training runs through nnspec.train)", "",
                   f"Time to accuracy = {what}.", "",
                   table(out, ["spec", "kernels", "status", "test accuracy", "time to accuracy", "run wall time",
                               "note"]), ""]  # fmt: skip

@@ -1,7 +1,7 @@
 """Regularization from a spec's ``regularization`` section: penalties, clipping, early stopping, noise, FGSM.
 
 Everything here acts on the same parameter split as weight decay
-(:func:`nnspec.runner.optim.split_parameters`): only linear/conv weights are
+(:func:`nnspec.train.optim.split_parameters`): only linear/conv weights are
 penalized, never biases, normalization parameters or PReLU slopes.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from nnspec.runner.optim import split_parameters
+from nnspec.train.optim import split_parameters
 from nnspec.spec.model import Spec
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -1,6 +1,6 @@
 """One epoch's training metrics, kept without host synchronization, and the non-finite-loss check.
 
-Split out of the training loop (nnspec/runner/trainer.py) because it is the
+Split out of the training loop (nnspec/train/trainer.py) because it is the
 part with a performance argument of its own: a step only queues references,
 and the device is read every ``EpochLog.FLUSH_STEPS`` steps.
 """
@@ -12,7 +12,7 @@ import time
 import torch
 from torch import Tensor
 
-from nnspec.runner import distributed as D
+from nnspec.train import distributed as D
 
 
 class EpochLog:

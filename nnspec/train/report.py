@@ -1,6 +1,6 @@
 """What a run leaves behind for people and tools: spec.yaml, metrics.jsonl, summary.json, curves.png, a table.
 
-Every file is written atomically (see :mod:`nnspec.runner.checkpoint`), so a
+Every file is written atomically (see :mod:`nnspec.train.checkpoint`), so a
 killed run never leaves a truncated JSON file that a dashboard would choke on.
 ``metrics.jsonl`` is rewritten whole from the run's history rather than
 appended to: after a resume it then holds exactly one line per finished epoch,
@@ -20,9 +20,9 @@ import torch
 import yaml
 from tabulate import tabulate
 
-from nnspec import __version__
-from nnspec.runner.checkpoint import atomic_write, atomic_write_text
-from nnspec.runner.progress import format_rate
+from nnspec.version import __version__
+from nnspec.train.checkpoint import atomic_write, atomic_write_text
+from nnspec.train.progress import format_rate
 from nnspec.spec.model import Spec
 
 __all__ = [

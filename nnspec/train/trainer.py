@@ -1,0 +1,120 @@
+"""The runner: a spec in, a trained model and a run directory out.
+
+Reading order, top to bottom of the call tree, one module each:
+
+* :func:`train` (here) resolves the spec (file + ``--set`` overrides), the
+  device and the data once (:mod:`.resolve`), then runs one seed or several
+  (``--seeds N``).
+* :func:`~nnspec.train.run_dir.run_once` fills one run directory
+  (:mod:`.run_dir`): every ensemble member (or the one model), then the final
+  evaluation, ``summary.json`` and the table.
+* :func:`~nnspec.train.loop.fit` is THE training loop for one model
+  (:mod:`.loop`): epochs of steps over an in-memory dataset, evaluation at
+  epoch ends (:mod:`.evaluation`), checkpoints and resume (:mod:`.resume`).
+* :func:`~nnspec.train.learner.make_step` builds the function that takes one
+  optimizer step (:mod:`.learner`, with the model, optimizer and schedule it
+  updates).
+
+Their parts: the optimizers and schedules (:mod:`.optim`), penalties, clipping,
+early stopping and adversarial examples (:mod:`.regularize`), initialization
+(:mod:`.init`), ensembles (:mod:`.ensemble`), multi-process training
+(:mod:`.distributed`), the per-epoch metrics (:mod:`.epoch_log`), progress
+lines (:mod:`.progress`), checkpoint files (:mod:`.checkpoint`) and the run
+directory's reports (:mod:`.report`). ``nnspec eval`` is :func:`.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from nnspec.spec.model import Spec
+from nnspec.train import distributed as D
+from nnspec.train import report
+from nnspec.train.evaluation import evaluate
+from nnspec.train.resolve import (
+    Data,
+    RunError,
+    check_trainable,
+    load_data,
+    resolve_device_type,
+    resolve_spec,
+    with_absolute_paths,
+)
+from nnspec.train.resume import check_resume
+from nnspec.train.run_dir import new_run_dir, run_once
+
+__all__ = ["RunError", "evaluate", "train"]
+
+
+def _seeded(spec: Spec, seed: int) -> Spec:
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+
+
+def _print_warnings(spec: Spec, quiet: bool, dist: D.Dist) -> None:
+    if not quiet and dist.is_main:
+        for warning in spec.warnings:
+            print(warning, file=sys.stderr)
+
+
+def train(spec: Spec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
+          resume: str | Path | None = None, seeds: int = 1, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Train ``spec`` (a path or a Spec) and return the run's summary.
+
+    ``seeds=N`` trains N runs (seeds ``train.seed``, ``+1``, …) in ``seed_<k>``
+    subdirectories and returns mean ± std over them. ``resume`` continues the
+    stopped run in that directory. Raises SpecError for a bad spec or override,
+    RunError (with ``exit_code``) for data problems and failed runs, and
+    KeyboardInterrupt after checkpointing when interrupted.
+    """
+    if seeds < 1:
+        raise RunError(f"--seeds must be at least 1, got {seeds}", exit_code=2)
+    if out is not None and resume is not None:
+        raise RunError("give either --out (a new run) or --resume (an existing one), not both", exit_code=2)
+    resolved, base_dir = resolve_spec(spec, overrides)
+    resolved = with_absolute_paths(resolved, base_dir)
+    check_trainable(resolved)
+    if resume is not None:
+        check_resume(resolved, Path(resume))
+    device_type = resolve_device_type(resolved)
+    dist = D.setup(device_type)
+    try:
+        device = D.device_for(dist, device_type)
+        _print_warnings(resolved, quiet, dist)
+        data = load_data(resolved, device)  # before creating a directory that a data error would leave empty
+        directory = Path(resume) if resume is not None else new_run_dir(resolved, out, dist)
+        seed_dirs = sorted(directory.glob("seed_*")) if resume is not None else []
+        if resume is not None and len(seed_dirs) != (seeds if seeds > 1 else 0):
+            raise RunError(
+                f"{directory} holds {len(seed_dirs) or 'a single'} seed run(s); resume it with "
+                + (f"--seeds {len(seed_dirs)}" if seed_dirs else "no --seeds"), exit_code=2,
+            )  # fmt: skip
+        if seeds == 1:
+            summary = run_once(resolved, base_dir, directory, device, dist, data, quiet)
+        else:
+            summary = _train_seeds(resolved, base_dir, directory, device, dist, data, seeds, quiet)
+        D.barrier(dist)  # no rank leaves the group while another still talks to it
+        return summary
+    finally:
+        D.teardown(dist)
+
+
+def _train_seeds(spec: Spec, base_dir: Path, directory: Path, device: torch.device, dist: D.Dist, data: Data,
+                 seeds: int, quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """N independent runs, one per seed, then mean ± std of their metrics."""
+    if dist.is_main:
+        report.write_spec(directory, spec)
+    summaries = [
+        run_once(_seeded(spec, spec.train.seed + k), base_dir, directory / f"seed_{k}", device, dist, data, quiet)
+        for k in range(seeds)
+    ]
+    aggregate = {"name": spec.name, "status": "finished", "run_dir": str(directory)}
+    aggregate.update(report.aggregate_seeds(summaries))
+    if dist.is_main:
+        report.write_summary(directory, aggregate)
+        if not quiet:
+            print(f"\n{spec.name}: {seeds} seeds -> {directory}\n{report.seeds_table(aggregate)}")
+    return aggregate
