@@ -35,11 +35,10 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
 
 from . import reference
-from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+# triton / tl are stand-ins until _dispatch.load() activates this module: see _triton.
+from ._triton import INTERPRET, acc_dtype, join_f64, split_f64, tl, triton
 
 # Small tiles under the interpreter make small test shapes span several tiles and splits.
 INTERPRET_TILE = 16

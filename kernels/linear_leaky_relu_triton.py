@@ -28,11 +28,10 @@ Design
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from . import reference
-from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+# triton / tl are stand-ins until _dispatch.load() activates this module: see _triton.
+from ._triton import INTERPRET, acc_dtype, join_f64, split_f64, tl, triton
 
 # Fixed tiles under the interpreter: 16 is tl.dot's minimum, and small tiles make the
 # small test shapes span several tiles in every dimension (tails included).

@@ -20,6 +20,11 @@ from triton.compiler import ASTSource  # noqa: E402
 from nnspec.kernels import batch_norm_triton as BN  # noqa: E402
 from nnspec.kernels import cross_entropy_triton as CE  # noqa: E402
 from nnspec.kernels import linear_leaky_relu_triton as LIN  # noqa: E402
+from nnspec.kernels._triton import activate  # noqa: E402
+
+# The modules hold deferred stand-ins until activated (what the first Triton launch does).
+for _mod in (BN, CE, LIN):
+    activate(_mod)
 
 PTR = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 ACC = {"fp32": tl.float32, "bf16": tl.float32, "fp16": tl.float32, "fp64": tl.float64}
