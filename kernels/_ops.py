@@ -37,7 +37,7 @@ def linear_leaky_relu_op(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], slope: float, backend: str
 ) -> tuple[Tensor, Tensor]:
     """-> (leaky_relu(x @ weight.T + bias), pre_activation > 0)"""
-    mod = _kernels("linear_leaky_relu_triton", backend, x.device)
+    mod = _kernels("linear_leaky_relu", backend, x.device)
     if mod is None:
         return reference.linear_leaky_relu_fwd(x, weight, bias, slope)
     return mod.forward(x, weight, bias, slope)
@@ -55,7 +55,7 @@ def linear_leaky_relu_backward_op(
     need_x: bool, need_w: bool, need_b: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dx, dweight, dbias); a gradient not asked for comes back as an empty tensor."""
-    mod = _kernels("linear_leaky_relu_triton", backend, x.device)
+    mod = _kernels("linear_leaky_relu", backend, x.device)
     if mod is None:
         return reference.linear_leaky_relu_bwd(grad_out, mask, x, weight, slope, need_x, need_w, need_b)
     return mod.backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b)
@@ -111,7 +111,7 @@ def softmax_cross_entropy_op(
     label_smoothing: float, reduction: str, count_correct: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (loss, per-row (max, log sum exp(x - max)), mean denominator, correct count)"""
-    mod = _kernels("cross_entropy_triton", backend, logits.device)
+    mod = _kernels("cross_entropy", backend, logits.device)
     args = (logits, target, weight, ignore_index, label_smoothing, reduction, count_correct)
     if mod is None:
         return reference.cross_entropy_fwd(*args)
@@ -136,7 +136,7 @@ def softmax_cross_entropy_backward_op(
     grad_loss: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor], stats: Tensor,
     denom: Tensor, ignore_index: int, label_smoothing: float, reduction: str, backend: str,
 ) -> Tensor:
-    mod = _kernels("cross_entropy_triton", backend, logits.device)
+    mod = _kernels("cross_entropy", backend, logits.device)
     args = (grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction)
     if mod is None:
         return reference.cross_entropy_bwd(*args)
@@ -186,7 +186,7 @@ def batch_norm_op(
     nothing to update) and the caller copies them into its buffers.  register_autograd
     refuses ops whose schema mutates an input, and this op needs an autograd formula.
     """
-    mod = _kernels("batch_norm_triton", backend, x.device)
+    mod = _kernels("batch_norm", backend, x.device)
     args = (x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps)
     if mod is None:
         return reference.batch_norm_fwd(*args)
@@ -218,7 +218,7 @@ def batch_norm_backward_op(
     use_batch_stats: bool, need_x: bool, need_w: bool, need_b: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dx, dweight, dbias); a gradient not asked for comes back as an empty tensor."""
-    mod = _kernels("batch_norm_triton", backend, x.device)
+    mod = _kernels("batch_norm", backend, x.device)
     args = (grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_x, need_w, need_b)
     if mod is None:
         return reference.batch_norm_bwd(*args)

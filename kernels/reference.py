@@ -76,7 +76,7 @@ def cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, red
     """Returns ``(loss, stats, denom, correct)``.
 
     stats: (2, N) per-row (max, log sum exp(x - max)) in the compute dtype, saved for the
-    backward (the log-sum-exp in two parts, see cross_entropy_triton); denom: the divisor of the
+    backward (the log-sum-exp in two parts, see cross_entropy); denom: the divisor of the
     mean reduction (sum of the target weights of non-ignored rows); correct: 0-d int64 count
     of non-ignored rows whose argmax is the target (0 when not requested).
     """
