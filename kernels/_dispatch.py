@@ -85,6 +85,15 @@ def load(name: str, device: torch.device) -> ModuleType:
     return mod
 
 
+def runs_triton(name: str, backend: str, device: torch.device) -> bool:
+    """Whether an op call on ``device`` runs the Triton kernels of the op module
+    ``nnspec.kernels.<name>`` (activating them, see :func:`load`) rather than its reference."""
+    if resolve(backend, device) == "torch":
+        return False
+    load(name, device)
+    return True
+
+
 def _plain(t) -> bool:
     return t is None or type(t) in (torch.Tensor, torch.nn.Parameter)
 
