@@ -1,8 +1,9 @@
-"""Backend selection and lazy loading of the Triton kernel modules.
+"""Backend selection, and activation of an op module's Triton kernels on first use.
 
-Nothing in this module imports triton: the kernel modules (which do, at their top) are only
-imported by :func:`load`, and only once a caller has asked for the Triton backend on a device
-where it can run.  That keeps ``import nnspec.kernels`` and the whole CPU path triton-free.
+Nothing in this module imports triton.  The op modules hold their Triton kernels as
+deferred stand-ins (see ``_triton``); :func:`load` makes them real - importing triton -
+only once a caller has asked for the Triton backend on a device where it can run.  That
+keeps ``import nnspec.kernels`` and the whole CPU path triton-free.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import os
 from types import ModuleType
 
 import torch
+
+from . import _triton
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -66,19 +69,29 @@ def resolve(backend: str, device: torch.device) -> str:
 
 
 def load(name: str, device: torch.device) -> ModuleType:
-    """Import (once) the Triton kernel module ``nnspec.kernels.<name>``."""
+    """The op module ``nnspec.kernels.<name>`` with its Triton kernels activated (once)."""
     mod = _loaded.get(name)
     if mod is None:
-        mod = importlib.import_module(f"{__package__}.{name}")
+        mod = _triton.activate(importlib.import_module(f"{__package__}.{name}"))
         _loaded[name] = mod
-    # triton.jit picks compiled-vs-interpreted when the kernel module is imported; if that
+    # triton.jit picks compiled-vs-interpreted when the kernels are activated; if that
     # happened before TRITON_INTERPRET was set, CPU tensors cannot be launched on.
     if device.type != "cuda" and not mod.INTERPRET:
         raise RuntimeError(
-            f"nnspec.kernels.{name} was imported with Triton's interpreter off, so it cannot "
-            f"run on {device.type} tensors; set TRITON_INTERPRET=1 before the first Triton use."
+            f"nnspec.kernels.{name}'s Triton kernels were activated with Triton's interpreter "
+            f"off, so they cannot run on {device.type} tensors; set TRITON_INTERPRET=1 before "
+            "the first Triton use."
         )
     return mod
+
+
+def runs_triton(name: str, backend: str, device: torch.device) -> bool:
+    """Whether an op call on ``device`` runs the Triton kernels of the op module
+    ``nnspec.kernels.<name>`` (activating them, see :func:`load`) rather than its reference."""
+    if resolve(backend, device) == "torch":
+        return False
+    load(name, device)
+    return True
 
 
 def _plain(t) -> bool:

@@ -1,4 +1,6 @@
-"""Fused softmax cross-entropy (forward + backward) in Triton.
+"""Softmax cross-entropy: Triton kernels, launch wrappers, the ``nnspec::softmax_cross_entropy``
+custom op (fake kernel, autograd formula), the public :func:`softmax_cross_entropy` and its
+PyTorch reference, in that order.
 
 Design
 ------
@@ -27,19 +29,29 @@ Design
 """
 from __future__ import annotations
 
-import torch
-import triton
-import triton.language as tl
+from typing import Optional
 
-from . import reference
-from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _dispatch
+
+# triton and tl are stand-ins until _dispatch.load() activates this module (see _triton):
+# the kernels below are ordinary Triton, made real on the first Triton launch.
+from ._triton import INTERPRET, acc_dtype, compute_dtype, join_f64, split_f64, tl, triton
+
+_NAME = "cross_entropy"  # for _dispatch.load
 
 # The interpreter runs every program in numpy, so small blocks keep tests fast *and* make
 # modest class counts span several blocks (the online-softmax rescaling is what needs testing).
 INTERPRET_BLOCK_C = 32
 MAX_BLOCK_C = 4096
 
-_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+# --------------------------------------------------------------------------- Triton kernels
 
 
 @triton.jit
@@ -184,6 +196,9 @@ def _ce_bwd_kernel(
         tl.store(drow_ptr + cols, grad.to(dlogits_ptr.dtype.element_ty), mask=cmask)
 
 
+# --------------------------------------------------------------------------- launch wrappers
+
+
 def _block_c(c: int) -> int:
     cap = INTERPRET_BLOCK_C if INTERPRET else MAX_BLOCK_C
     return max(16, min(triton.next_power_of_2(c), cap))
@@ -199,12 +214,12 @@ def _rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def forward(logits, target, weight, ignore_index, label_smoothing, reduction, count_correct):
-    """Triton twin of :func:`reference.cross_entropy_fwd` (same outputs)."""
+    """Triton twin of :func:`reference_forward` (same outputs)."""
     n, c = logits.shape
     logits = _rows(logits)
     target = target.contiguous()
     dev = logits.device
-    cdt = reference.compute_dtype(logits.dtype)
+    cdt = compute_dtype(logits.dtype)
     loss_rows = torch.empty(n, dtype=cdt, device=dev)
     stats = torch.empty((2, n), dtype=cdt, device=dev)  # (row max, log sum exp(x - max))
     w_rows = torch.empty(n, dtype=cdt, device=dev)
@@ -236,7 +251,7 @@ def forward(logits, target, weight, ignore_index, label_smoothing, reduction, co
 
 
 def backward(grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction):
-    """Triton twin of :func:`reference.cross_entropy_bwd`."""
+    """Triton twin of :func:`reference_backward`."""
     n, c = logits.shape
     logits = _rows(logits)
     target = target.contiguous()
@@ -244,7 +259,7 @@ def backward(grad_loss, logits, target, weight, stats, denom, ignore_index, labe
     if n == 0:
         return dlogits
     w = weight.contiguous() if weight is not None else None
-    cdt = reference.compute_dtype(logits.dtype)
+    cdt = compute_dtype(logits.dtype)
     wsum = w.to(cdt).sum() if w is not None else stats
     grad_stride = grad_loss.stride(0) if reduction == "none" else 0
     block = _block_c(c)
@@ -254,11 +269,214 @@ def backward(grad_loss, logits, target, weight, stats, denom, ignore_index, labe
         target, w if w is not None else stats, wsum, stats, denom, n,
         c, ignore_index, *split_f64(float(label_smoothing)),
         HAS_WEIGHT=w is not None, HAS_SMOOTHING=label_smoothing > 0,
-        MEAN=_REDUCTIONS[reduction] == 2, ACC=acc_dtype(cdt), BLOCK_C=block,
+        MEAN=reduction == "mean", ACC=acc_dtype(cdt), BLOCK_C=block,
         num_warps=_num_warps(block),
     )
     return dlogits
 
 
-reference_forward = reference.cross_entropy_fwd
-reference_backward = reference.cross_entropy_bwd
+# --------------------------------------------------------------------------- custom ops
+# A forward op and a backward op, both opaque to torch.compile / torch.export (fake kernels
+# give them shapes).  The backend string travels with the op and is resolved when it runs.
+# The backward op has no autograd formula: double backward is not supported.
+
+
+@torch.library.custom_op("nnspec::softmax_cross_entropy", mutates_args=())
+def softmax_cross_entropy_op(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+    label_smoothing: float, reduction: str, count_correct: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (loss, per-row (max, log sum exp(x - max)), mean denominator, correct count)"""
+    triton_path = _dispatch.runs_triton(_NAME, backend, logits.device)
+    args = (logits, target, weight, ignore_index, label_smoothing, reduction, count_correct)
+    if triton_path:
+        return forward(*args)
+    return reference_forward(*args)
+
+
+@softmax_cross_entropy_op.register_fake
+def _(logits, target, weight, ignore_index, label_smoothing, reduction, count_correct, backend):
+    n = logits.shape[0]
+    cdt = compute_dtype(logits.dtype)
+    loss = logits.new_empty((n,) if reduction == "none" else ())
+    return (
+        loss,
+        logits.new_empty((2, n), dtype=cdt),
+        logits.new_empty((), dtype=cdt),
+        logits.new_empty((), dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("nnspec::softmax_cross_entropy_backward", mutates_args=())
+def softmax_cross_entropy_backward_op(
+    grad_loss: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor], stats: Tensor,
+    denom: Tensor, ignore_index: int, label_smoothing: float, reduction: str, backend: str,
+) -> Tensor:
+    triton_path = _dispatch.runs_triton(_NAME, backend, logits.device)
+    args = (grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction)
+    if triton_path:
+        return backward(*args)
+    return reference_backward(*args)
+
+
+@softmax_cross_entropy_backward_op.register_fake
+def _(grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction, backend):
+    return logits.new_empty(logits.shape)
+
+
+def _ce_setup(ctx, inputs, output):
+    logits, target, weight, ignore_index, label_smoothing, reduction, _, backend = inputs
+    _, stats, denom, correct = output
+    ctx.save_for_backward(logits, target, weight, stats, denom)
+    ctx.ignore_index, ctx.label_smoothing = ignore_index, label_smoothing
+    ctx.reduction, ctx.backend = reduction, backend
+    ctx.mark_non_differentiable(stats, denom, correct)
+    ctx.set_materialize_grads(False)
+
+
+def _ce_backward(ctx, grad_loss, *_unused):
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * 8
+    logits, target, weight, stats, denom = ctx.saved_tensors
+    dlogits = softmax_cross_entropy_backward_op(
+        grad_loss, logits, target, weight, stats, denom, ctx.ignore_index,
+        ctx.label_smoothing, ctx.reduction, ctx.backend,
+    )
+    return (dlogits,) + (None,) * 7
+
+
+softmax_cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def softmax_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_correct: bool = False,
+):
+    """``F.cross_entropy(logits, target, ...)`` for logits (N, C) and class-index targets (N,).
+
+    With ``return_correct=True`` returns ``(loss, correct)`` where ``correct`` is a 0-d int64
+    tensor counting non-ignored rows whose argmax is the target, computed in the same pass
+    over the logits.  Differentiable in logits only (class weights are not, as in PyTorch).
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(logits.shape)}")
+    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"target must be 1-D with N={logits.shape[0]} class indices, got shape {tuple(target.shape)}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+    if target.dtype != torch.int64:
+        target = target.long()
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if weight is not None:
+        if tuple(weight.shape) != (logits.shape[1],):
+            raise ValueError(f"weight must have shape ({logits.shape[1]},), got {tuple(weight.shape)}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "softmax_cross_entropy is not differentiable with respect to the class weights "
+                "(neither is F.cross_entropy); pass weight.detach()"
+            )
+    be = _dispatch.resolve(backend, logits.device)
+    if not _dispatch.use_custom_op(be, logits, target, weight):
+        loss = F.cross_entropy(
+            logits, target, weight=weight, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing,
+        )
+        if not return_correct:
+            return loss
+        hit = (logits.detach().argmax(dim=1) == target) & (target != ignore_index)
+        return loss, hit.sum(dtype=torch.int64)
+    loss, _, _, correct = softmax_cross_entropy_op(
+        logits, target, weight, int(ignore_index), float(label_smoothing), reduction,
+        bool(return_correct), backend,
+    )
+    return (loss, correct) if return_correct else loss
+
+
+# --------------------------------------------------------------------------- PyTorch reference
+# The backend="torch" path: twins of forward() and backward() above (same arguments, same
+# auxiliary outputs), so the custom op can switch between them without the autograd or
+# fake code caring which ran.  Math in float32 (float64 stays float64) whatever the input dtype, like
+# the kernels; the tests check both against PyTorch's own ops run in float64.
+
+
+def _target_weights(target, weight, ignore_index, dtype):
+    valid = target != ignore_index
+    if weight is None:
+        return valid.to(dtype)
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    return weight.to(dtype)[safe] * valid.to(dtype)
+
+
+def reference_forward(logits, target, weight, ignore_index, label_smoothing, reduction, count_correct):
+    """Returns ``(loss, stats, denom, correct)``.
+
+    stats: (2, N) per-row (max, log sum exp(x - max)) in the compute dtype, saved for the
+    backward (the log-sum-exp in two parts, see the module docstring); denom: the divisor of the
+    mean reduction (sum of the target weights of non-ignored rows); correct: 0-d int64 count
+    of non-ignored rows whose argmax is the target (0 when not requested).
+    """
+    cdt = compute_dtype(logits.dtype)
+    xf = logits.to(cdt)
+    wf = None if weight is None else weight.to(cdt)
+    m = xf.amax(dim=1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
+    shift = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # all -inf row: 0
+    log_s = torch.log(torch.exp(xf - shift[:, None]).sum(dim=1))
+    stats = torch.stack([shift, log_s])
+    loss = F.cross_entropy(
+        xf, target, weight=wf, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing,
+    ).to(logits.dtype)
+    denom = _target_weights(target, weight, ignore_index, cdt).sum()
+    if count_correct:
+        hit = (logits.argmax(dim=1) == target) & (target != ignore_index)
+        correct = hit.sum(dtype=torch.int64)
+    else:
+        correct = torch.zeros((), dtype=torch.int64, device=logits.device)
+    return loss, stats, denom, correct
+
+
+def reference_backward(grad_loss, logits, target, weight, stats, denom, ignore_index, label_smoothing, reduction):
+    """d loss / d logits, written out (rather than autograd) so the Triton kernel has a
+    line-by-line twin:
+
+        per valid row i with target t, p = softmax(x_i), eps = label_smoothing:
+        dL_i/dx_c = (1 - eps) * w_t * (p_c - [c == t]) + eps / C * (sum(w) * p_c - w_c)
+    """
+    cdt = compute_dtype(logits.dtype)
+    n, c = logits.shape
+    xf = logits.to(cdt)
+    p = torch.exp((xf - stats[0][:, None]) - stats[1][:, None])
+    valid = target != ignore_index
+    w_t = _target_weights(target, weight, ignore_index, cdt)
+    if reduction == "none":
+        g = grad_loss.to(cdt)
+    elif reduction == "sum":
+        g = grad_loss.to(cdt).expand(n)
+    else:
+        g = (grad_loss.to(cdt) / denom.to(cdt)).expand(n)
+    safe_t = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(safe_t, c).to(cdt)
+    grad = (1.0 - label_smoothing) * w_t[:, None] * (p - onehot)
+    if label_smoothing > 0:
+        if weight is None:
+            w_all = torch.ones(c, dtype=cdt, device=logits.device)
+        else:
+            w_all = weight.to(cdt)
+        grad = grad + (label_smoothing / c) * (w_all.sum() * p - w_all[None, :])
+    grad = torch.where(valid[:, None], grad * g[:, None], torch.zeros((), dtype=cdt, device=logits.device))
+    return grad.to(logits.dtype).contiguous()

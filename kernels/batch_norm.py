@@ -1,4 +1,6 @@
-"""Batch normalisation (forward with running-stat update, and backward) in Triton.
+"""Batch normalisation: Triton kernels, launch wrappers, the ``nnspec::batch_norm`` custom op
+(fake kernel, autograd formula), the public :func:`batch_norm` and its PyTorch reference,
+in that order.
 
 Design
 ------
@@ -29,21 +31,35 @@ Design
   run can double-apply a running-stat update.
 * Backward: the same two-stage pattern reduces sum(dy) and sum(dy * xhat) per channel (the
   bias and weight gradients), then one elementwise pass writes dx.
+
+Why one file of this length: the op is one piece of arithmetic seen four times - the
+kernels, their launch plan (_Plan), the autograd formula and the reference - and the
+reference and the backward kernel are line-by-line twins that have to be read side by side.
+Splitting them apart is what made reading one op mean opening four files.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
+from torch import Tensor
 
-from . import reference
-from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+from . import _dispatch
+
+# triton and tl are stand-ins until _dispatch.load() activates this module (see _triton):
+# the kernels below are ordinary Triton, made real on the first Triton launch.
+from ._triton import INTERPRET, acc_dtype, compute_dtype, empty_grad, join_f64, split_f64, tl, triton
+
+_NAME = "batch_norm"  # for _dispatch.load
 
 # Small tiles under the interpreter make small test shapes span several tiles and splits.
 INTERPRET_TILE = 16
 INTERPRET_SPLITS = 3
+
+
+# --------------------------------------------------------------------------- Triton kernels
 
 
 @triton.jit
@@ -273,7 +289,7 @@ def _bwd_dx_kernel(
         tl.store(op, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-# --------------------------------------------------------------------------- host side
+# --------------------------------------------------------------------------- launch wrappers
 
 
 def _ncl_strides(t):
@@ -361,8 +377,8 @@ def _addressable(x):
 
 
 def forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
-    """Triton twin of :func:`reference.batch_norm_fwd`."""
-    cdt = reference.compute_dtype(x.dtype)
+    """Triton twin of :func:`reference_forward`."""
+    cdt = compute_dtype(x.dtype)
     c = x.shape[1]
     dev = x.device
     y = torch.empty_like(x)
@@ -414,14 +430,14 @@ def forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentu
 
 
 def backward(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_x, need_w, need_b):
-    """Triton twin of :func:`reference.batch_norm_bwd` -> (dx, dweight, dbias)."""
-    cdt = reference.compute_dtype(x.dtype)
+    """Triton twin of :func:`reference_backward` -> (dx, dweight, dbias)."""
+    cdt = compute_dtype(x.dtype)
     c = x.shape[1]
     dev = x.device
     pdt = weight.dtype if weight is not None else x.dtype
-    dx = torch.empty_like(x) if need_x else reference.empty_grad(x)
-    dw = torch.empty(c, dtype=pdt, device=dev) if need_w else reference.empty_grad(x)
-    db = torch.empty(c, dtype=pdt, device=dev) if need_b else reference.empty_grad(x)
+    dx = torch.empty_like(x) if need_x else empty_grad(x)
+    dw = torch.empty(c, dtype=pdt, device=dev) if need_w else empty_grad(x)
+    db = torch.empty(c, dtype=pdt, device=dev) if need_b else empty_grad(x)
     if x.numel() == 0:
         if need_w:
             dw.zero_()
@@ -466,5 +482,226 @@ def backward(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_
     return dx, dw, db
 
 
-reference_forward = reference.batch_norm_fwd
-reference_backward = reference.batch_norm_bwd
+# --------------------------------------------------------------------------- custom ops
+# A forward op and a backward op, both opaque to torch.compile / torch.export (fake kernels
+# give them shapes).  The backend string travels with the op and is resolved when it runs.
+# The backward op has no autograd formula: double backward is not supported.
+
+
+def _out_dtype(t: Optional[Tensor], fallback: torch.dtype) -> torch.dtype:
+    return t.dtype if t is not None else fallback
+
+
+@torch.library.custom_op("nnspec::batch_norm", mutates_args=())
+def batch_norm_op(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+    running_var: Optional[Tensor], use_batch_stats: bool, momentum: float, eps: float, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (y, save_mean, save_invstd, new_running_mean, new_running_var).
+
+    Functional: the new running statistics come back as outputs (empty when there is
+    nothing to update) and the caller copies them into its buffers.  register_autograd
+    refuses ops whose schema mutates an input, and this op needs an autograd formula.
+    """
+    triton_path = _dispatch.runs_triton(_NAME, backend, x.device)
+    args = (x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps)
+    if triton_path:
+        return forward(*args)
+    return reference_forward(*args)
+
+
+@batch_norm_op.register_fake
+def _(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+    cdt = compute_dtype(x.dtype)
+    c = x.shape[1]
+    if use_batch_stats and running_mean is not None:
+        new_rm = running_mean.new_empty((c,))
+        new_rv = running_var.new_empty((c,))
+    else:
+        new_rm = x.new_empty((0,), dtype=cdt)
+        new_rv = x.new_empty((0,), dtype=cdt)
+    return (
+        torch.empty_like(x),
+        x.new_empty((c,), dtype=cdt),
+        x.new_empty((c,), dtype=cdt),
+        new_rm,
+        new_rv,
+    )
+
+
+@torch.library.custom_op("nnspec::batch_norm_backward", mutates_args=())
+def batch_norm_backward_op(
+    grad_out: Tensor, x: Tensor, weight: Optional[Tensor], save_mean: Tensor, save_invstd: Tensor,
+    use_batch_stats: bool, need_x: bool, need_w: bool, need_b: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, dweight, dbias); a gradient not asked for comes back as an empty tensor."""
+    triton_path = _dispatch.runs_triton(_NAME, backend, x.device)
+    args = (grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_x, need_w, need_b)
+    if triton_path:
+        return backward(*args)
+    return reference_backward(*args)
+
+
+@batch_norm_backward_op.register_fake
+def _(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_x, need_w, need_b, backend):
+    c = x.shape[1]
+    pdt = _out_dtype(weight, x.dtype)
+    return (
+        torch.empty_like(x) if need_x else x.new_empty((0,)),
+        x.new_empty((c,), dtype=pdt) if need_w else x.new_empty((0,)),
+        x.new_empty((c,), dtype=pdt) if need_b else x.new_empty((0,)),
+    )
+
+
+def _bn_setup(ctx, inputs, output):
+    x, weight, bias, _, _, use_batch_stats, _, _, backend = inputs
+    _, mean, invstd, new_rm, new_rv = output
+    ctx.save_for_backward(x, weight, mean, invstd)
+    ctx.use_batch_stats, ctx.backend = use_batch_stats, backend
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.has_weight = weight is not None
+    ctx.mark_non_differentiable(mean, invstd, new_rm, new_rv)
+    ctx.set_materialize_grads(False)
+
+
+def _bn_backward(ctx, grad_out, *_unused):
+    if grad_out is None:
+        return (None,) * 9
+    x, weight, mean, invstd = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_w = need_w and ctx.has_weight
+    need_b = need_b and ctx.bias_dtype is not None
+    dx, dw, db = batch_norm_backward_op(
+        grad_out, x, weight, mean, invstd, ctx.use_batch_stats, need_x, need_w, need_b, ctx.backend
+    )
+    return (
+        dx if need_x else None,
+        dw if need_w else None,
+        db.to(ctx.bias_dtype) if need_b else None,
+    ) + (None,) * 6
+
+
+batch_norm_op.register_autograd(_bn_backward, setup_context=_bn_setup)
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """``F.batch_norm`` for x of shape (N, C), (N, C, L) or (N, C, H, W) (any layout).
+
+    In training, normalises with the biased batch variance and updates running_mean /
+    running_var in place (momentum blend, unbiased variance).  When both running buffers are
+    None, batch statistics are used in evaluation too (nn.BatchNorm's
+    track_running_stats=False behaviour; F.batch_norm itself would raise).
+    """
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm expects at least 2-D input (N, C, ...), got {x.dim()}-D")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != c:
+            raise ValueError(f"{name} must have {c} elements (one per channel), got {t.numel()}")
+    use_batch_stats = bool(training) or running_mean is None
+    if use_batch_stats and x.shape[0] * math.prod(x.shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+    be = _dispatch.resolve(backend, x.device)
+    if not _dispatch.use_custom_op(be, x, running_mean, running_var, weight, bias):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps)
+    y, _, _, new_rm, new_rv = batch_norm_op(
+        x, weight, bias, running_mean, running_var, use_batch_stats, float(momentum), float(eps), backend
+    )
+    if use_batch_stats and running_mean is not None:
+        # new_rm / new_rv are non-differentiable outputs, so this records nothing for
+        # autograd; a plain copy_ (not under no_grad) is what export records as a buffer
+        # mutation.
+        running_mean.copy_(new_rm)
+        running_var.copy_(new_rv)
+    return y
+
+
+# --------------------------------------------------------------------------- PyTorch reference
+# The backend="torch" path: twins of forward() and backward() above (same arguments, same
+# auxiliary outputs), so the custom op can switch between them without the autograd or
+# fake code caring which ran.  Math in float32 (float64 stays float64) whatever the input dtype, like
+# the kernels; the tests check both against PyTorch's own ops run in float64.
+
+
+def _bn_shape(x):
+    return [1, x.shape[1]] + [1] * (x.dim() - 2)
+
+
+def reference_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+    """Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``.
+
+    With batch statistics and running buffers, the new running values are returned rather
+    than written (custom ops with autograd must be functional); the caller copies them in.
+    Otherwise the last two outputs are empty.
+    """
+    cdt = compute_dtype(x.dtype)
+    xf = x.to(cdt)
+    dims = [0] + list(range(2, x.dim()))
+    shape = _bn_shape(x)
+    empty = x.new_empty((0,), dtype=cdt)
+    if use_batch_stats:
+        count = x.numel() // x.shape[1]
+        mean = xf.mean(dim=dims)
+        var = xf.var(dim=dims, unbiased=False)
+        invstd = torch.rsqrt(var + eps)
+        if running_mean is not None:
+            new_rm = ((1 - momentum) * running_mean.to(cdt) + momentum * mean).to(running_mean.dtype)
+            unbiased = var * (count / max(count - 1, 1))
+            new_rv = ((1 - momentum) * running_var.to(cdt) + momentum * unbiased).to(running_var.dtype)
+        else:
+            new_rm, new_rv = empty, empty.clone()
+    else:
+        # clone(): the saved statistics must never alias the caller's buffers.
+        mean = running_mean.to(cdt).clone()
+        invstd = torch.rsqrt(running_var.to(cdt) + eps)
+        new_rm, new_rv = empty, empty.clone()
+    y = (xf - mean.view(shape)) * invstd.view(shape)
+    if weight is not None:
+        y = y * weight.to(cdt).view(shape)
+    if bias is not None:
+        y = y + bias.to(cdt).view(shape)
+    out = torch.empty_like(x)
+    out.copy_(y)  # keeps x's memory format (channels_last in, channels_last out)
+    return out, mean, invstd, new_rm, new_rv
+
+
+def reference_backward(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_x, need_w, need_b):
+    cdt = compute_dtype(x.dtype)
+    dims = [0] + list(range(2, x.dim()))
+    shape = _bn_shape(x)
+    dy = grad_out.to(cdt)
+    xhat = (x.to(cdt) - save_mean.view(shape)) * save_invstd.view(shape)
+    sum_dy = dy.sum(dim=dims)
+    sum_dy_xhat = (dy * xhat).sum(dim=dims)
+    wf = weight.to(cdt) if weight is not None else torch.ones_like(save_mean)
+    if need_x:
+        scale = (wf * save_invstd).view(shape)
+        if use_batch_stats:
+            count = x.numel() // x.shape[1]
+            dxf = scale * (dy - (sum_dy / count).view(shape) - xhat * (sum_dy_xhat / count).view(shape))
+        else:
+            dxf = scale * dy
+        dx = torch.empty_like(x)
+        dx.copy_(dxf)
+    else:
+        dx = empty_grad(x)
+    wdt = weight.dtype if weight is not None else x.dtype
+    dw = sum_dy_xhat.to(wdt) if need_w else empty_grad(x)
+    db = sum_dy.to(wdt) if need_b else empty_grad(x)
+    return dx, dw, db

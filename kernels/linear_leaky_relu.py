@@ -1,4 +1,6 @@
-"""Fused Linear + LeakyReLU (forward + backward) in Triton.
+"""Fused Linear + LeakyReLU: Triton kernels, launch wrappers, the ``nnspec::linear_leaky_relu``
+custom op (fake kernel, autograd formula), the public :func:`linear_leaky_relu` and its
+PyTorch reference, in that order.
 
 Design
 ------
@@ -24,15 +26,26 @@ Design
 * @triton.autotune picks the tile shape on GPU (every kernel writes only fresh outputs, so
   re-running a config during tuning is harmless).  Under the interpreter autotuning would
   run every config on the CPU, so a fixed small config is used instead.
+
+Why one file of this length: the three matmul kernels share one tiling, swizzle, operand
+and epilogue convention and one autotuning space, and the backward kernels are read
+against the reference backward and the autograd formula that call them.
 """
 from __future__ import annotations
 
-import torch
-import triton
-import triton.language as tl
+from typing import Optional
 
-from . import reference
-from ._triton_utils import INTERPRET, acc_dtype, join_f64, split_f64
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _dispatch
+
+# triton and tl are stand-ins until _dispatch.load() activates this module (see _triton):
+# the kernels below are ordinary Triton, made real on the first Triton launch.
+from ._triton import INTERPRET, acc_dtype, compute_dtype, empty_grad, join_f64, split_f64, tl, triton
+
+_NAME = "linear_leaky_relu"  # for _dispatch.load
 
 # Fixed tiles under the interpreter: 16 is tl.dot's minimum, and small tiles make the
 # small test shapes span several tiles in every dimension (tails included).
@@ -54,6 +67,9 @@ def _configs():
         cfg.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                  num_warps=warps, num_stages=stages))
     return cfg
+
+
+# --------------------------------------------------------------------------- Triton kernels
 
 
 @triton.jit
@@ -248,6 +264,9 @@ _dw_tuned = triton.autotune(
 )(_bwd_dw_kernel)
 
 
+# --------------------------------------------------------------------------- launch wrappers
+
+
 def _tf32_enabled() -> bool:
     m = torch.backends.cuda.matmul
     prec = getattr(m, "fp32_precision", None)  # torch >= 2.9
@@ -284,7 +303,7 @@ def _launch(tuned, raw, grid_tiles, *args, **kwargs):
 
 
 def forward(x, weight, bias, slope):
-    """Triton twin of :func:`reference.linear_leaky_relu_fwd` -> (out, mask)."""
+    """Triton twin of :func:`reference_forward` -> (out, mask)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -315,7 +334,7 @@ def forward(x, weight, bias, slope):
 
 
 def backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
-    """Triton twin of :func:`reference.linear_leaky_relu_bwd` -> (dx, dW, db)."""
+    """Triton twin of :func:`reference_backward` -> (dx, dW, db)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
@@ -323,9 +342,9 @@ def backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
     mk = mask.reshape(m, n).view(torch.int8)
     prec = _precision(x.dtype)
     up = _upcast(x.dtype)
-    dx = reference.empty_grad(x)
-    dw = reference.empty_grad(weight)
-    db = reference.empty_grad(weight)
+    dx = empty_grad(x)
+    dw = empty_grad(weight)
+    db = empty_grad(weight)
     if need_x:
         dx = torch.empty((m, k), dtype=x.dtype, device=x.device)
         if m > 0 and k > 0:
@@ -346,7 +365,7 @@ def backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
         db_buf = torch.empty((n,), dtype=weight.dtype, device=x.device)
         if m == 0 or k == 0:
             dw_buf.zero_()
-            dyf = dy.to(reference.compute_dtype(dy.dtype))
+            dyf = dy.to(compute_dtype(dy.dtype))
             db_buf.copy_(torch.where(mask.reshape(m, n), dyf, dyf * slope).sum(0))
         elif n > 0:
             _launch(
@@ -364,5 +383,138 @@ def backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
     return dx, dw, db
 
 
-reference_forward = reference.linear_leaky_relu_fwd
-reference_backward = reference.linear_leaky_relu_bwd
+# --------------------------------------------------------------------------- custom ops
+# A forward op and a backward op, both opaque to torch.compile / torch.export (fake kernels
+# give them shapes).  The backend string travels with the op and is resolved when it runs.
+# The backward op has no autograd formula: double backward is not supported.
+
+
+@torch.library.custom_op("nnspec::linear_leaky_relu", mutates_args=())
+def linear_leaky_relu_op(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], slope: float, backend: str
+) -> tuple[Tensor, Tensor]:
+    """-> (leaky_relu(x @ weight.T + bias), pre_activation > 0)"""
+    triton_path = _dispatch.runs_triton(_NAME, backend, x.device)
+    if triton_path:
+        return forward(x, weight, bias, slope)
+    return reference_forward(x, weight, bias, slope)
+
+
+@linear_leaky_relu_op.register_fake
+def _(x, weight, bias, slope, backend):
+    shape = (*x.shape[:-1], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.bool)
+
+
+@torch.library.custom_op("nnspec::linear_leaky_relu_backward", mutates_args=())
+def linear_leaky_relu_backward_op(
+    grad_out: Tensor, mask: Tensor, x: Tensor, weight: Tensor, slope: float,
+    need_x: bool, need_w: bool, need_b: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, dweight, dbias); a gradient not asked for comes back as an empty tensor."""
+    triton_path = _dispatch.runs_triton(_NAME, backend, x.device)
+    if triton_path:
+        return backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b)
+    return reference_backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b)
+
+
+@linear_leaky_relu_backward_op.register_fake
+def _(grad_out, mask, x, weight, slope, need_x, need_w, need_b, backend):
+    none = weight.new_empty((0,))
+    return (
+        x.new_empty(x.shape) if need_x else x.new_empty((0,)),
+        weight.new_empty(weight.shape) if need_w else none,
+        weight.new_empty((weight.shape[0],)) if need_b else none.clone(),
+    )
+
+
+def _llr_setup(ctx, inputs, output):
+    x, weight, bias, slope, backend = inputs
+    _, mask = output
+    ctx.save_for_backward(x, weight, mask)
+    ctx.slope, ctx.backend = slope, backend
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.mark_non_differentiable(mask)
+    ctx.set_materialize_grads(False)
+
+
+def _llr_backward(ctx, grad_out, _grad_mask):
+    if grad_out is None:
+        return None, None, None, None, None
+    x, weight, mask = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.bias_dtype is not None
+    dx, dw, db = linear_leaky_relu_backward_op(
+        grad_out, mask, x, weight, ctx.slope, need_x, need_w, need_b, ctx.backend
+    )
+    return (
+        dx if need_x else None,
+        dw if need_w else None,
+        db.to(ctx.bias_dtype) if need_b else None,
+        None,
+        None,
+    )
+
+
+linear_leaky_relu_op.register_autograd(_llr_backward, setup_context=_llr_setup)
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def linear_leaky_relu(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, slope: float = 0.01, *, backend: str = "auto"
+) -> Tensor:
+    """``leaky_relu(x @ weight.T + bias, slope)`` for x (..., K), weight (N, K), bias (N,).
+
+    slope=0 gives ReLU.  Differentiable in x, weight and bias.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x's last dimension must match weight's K: x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        # as F.linear: no implicit mixed precision (cast, or use autocast around F.linear)
+        raise TypeError(
+            f"x, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}"
+            + ("" if bias is None else f", {bias.dtype}")
+        )
+    slope = float(slope)
+    be = _dispatch.resolve(backend, x.device)
+    if not _dispatch.use_custom_op(be, x, weight, bias):
+        return F.leaky_relu(F.linear(x, weight, bias), slope)
+    out, _ = linear_leaky_relu_op(x, weight, bias, slope, backend)
+    return out
+
+
+# --------------------------------------------------------------------------- PyTorch reference
+# The backend="torch" path: twins of forward() and backward() above (same arguments, same
+# auxiliary outputs), so the custom op can switch between them without the autograd or
+# fake code caring which ran.  Math in float32 (float64 stays float64) whatever the input dtype, like
+# the kernels; the tests check both against PyTorch's own ops run in float64.
+
+
+def reference_forward(x, weight, bias, slope):
+    """Returns ``(leaky_relu(x @ weight.T + bias, slope), pre_activation > 0)``."""
+    pre = F.linear(x, weight, bias)
+    mask = pre > 0
+    # where() rather than F.leaky_relu so that the output is bit-identical to the mask
+    # semantics used by the backward (pre > 0 keeps, anything else is scaled).
+    out = torch.where(mask, pre, pre * slope)
+    return out.contiguous(), mask.contiguous()
+
+
+def reference_backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
+    n = weight.shape[0]
+    k = weight.shape[1]
+    g = torch.where(mask, grad_out, grad_out * slope)
+    g2 = g.reshape(-1, n)
+    x2 = x.reshape(-1, k)
+    dx = (g2 @ weight).reshape(x.shape) if need_x else empty_grad(x)
+    dw = (g2.t() @ x2).to(weight.dtype) if need_w else empty_grad(weight)
+    db = g2.sum(0, dtype=compute_dtype(g2.dtype)).to(weight.dtype) if need_b else empty_grad(weight)
+    return dx, dw, db

@@ -1,0 +1,94 @@
+"""The deferred Triton of nnspec.kernels._triton: op modules import without triton, and
+activation turns their kernels into real Triton objects."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import nnspec.kernels as K
+from nnspec_kernel_helpers import INTERPRETER
+
+OPS = ("batch_norm", "cross_entropy", "linear_leaky_relu")
+
+
+def _run_python(code, **env_overrides):
+    env = dict(os.environ)
+    for k, v in env_overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_op_modules_import_without_triton():
+    code = """
+        import importlib, sys
+        import pytest
+        from nnspec.kernels import _triton
+        mods = [importlib.import_module(f"nnspec.kernels.{n}") for n in %r]
+        assert "triton" not in sys.modules
+        LIN = mods[2]
+        for obj in (LIN._fwd_kernel, LIN._fwd_tuned, LIN.join_f64, mods[0]._apply_kernel, mods[1]._ce_fwd_kernel):
+            assert isinstance(obj, _triton.Deferred), obj
+        assert all(isinstance(c, _triton.Deferred) for c in LIN._fwd_tuned.kwargs["configs"])
+        with pytest.raises(RuntimeError, match="activate"):
+            LIN._fwd_kernel[(1,)]
+        with pytest.raises(RuntimeError, match="activate"):
+            LIN.tl.float32
+        assert not hasattr(LIN._fwd_kernel, "__wrapped__")  # probes get AttributeError
+        assert "triton" not in sys.modules
+        print("ok")
+    """ % (OPS,)
+    out = _run_python(code)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_activation_builds_real_kernels_once():
+    pytest.importorskip("triton")
+    # Interpreter off, as on a GPU machine: activation needs no GPU, only launching does.
+    code = """
+        import torch, triton
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.jit import JITFunction
+        from nnspec.kernels import _dispatch, _triton
+        from nnspec.kernels.linear_leaky_relu import _fwd_kernel as early  # still deferred
+        BN, CE, LIN = (_dispatch.load(n, torch.device("cuda")) for n in %r)
+        assert _triton.INTERPRET is False and LIN.INTERPRET is False
+        assert LIN.triton is triton and LIN.tl is triton.language and _triton.tl is triton.language
+        for k in (LIN._fwd_kernel, LIN._bwd_dx_kernel, LIN._swizzle, LIN._mma, CE._ce_bwd_kernel,
+                  BN._stats_finalize_kernel, BN._load_tile, _triton.join_f64):
+            assert isinstance(k, JITFunction), k
+        for tuned, raw in ((LIN._fwd_tuned, LIN._fwd_kernel), (LIN._dw_tuned, LIN._bwd_dw_kernel)):
+            assert isinstance(tuned, Autotuner) and tuned.fn is raw
+            assert len(tuned.configs) == 7 and all(isinstance(c, triton.Config) for c in tuned.configs)
+        # one helper kernel, one JITFunction, whichever module imported it
+        assert LIN.join_f64 is CE.join_f64 is BN.join_f64 is _triton.join_f64
+        # a reference taken before activation forwards to the real kernel
+        assert isinstance(early, _triton.Deferred) and early.built is LIN._fwd_kernel
+        assert early.arg_names == LIN._fwd_kernel.arg_names
+        assert _dispatch.load("batch_norm", torch.device("cuda")) is BN  # activated once
+        print("ok")
+    """ % (OPS,)
+    out = _run_python(code, TRITON_INTERPRET=None)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter build")
+def test_activation_under_the_interpreter():
+    pytest.importorskip("triton")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from nnspec.kernels import _dispatch, _triton
+
+    K.softmax_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 4]), backend="triton")
+    CE = _dispatch.load("cross_entropy", torch.device("cpu"))
+    assert _triton.INTERPRET and CE.INTERPRET
+    assert isinstance(CE._ce_fwd_kernel, InterpretedFunction)
+    assert isinstance(_triton.join_f64, InterpretedFunction) and CE.join_f64 is _triton.join_f64
