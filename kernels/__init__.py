@@ -11,9 +11,9 @@ Files - one module per op, read top to bottom: why it is shaped this way (docstr
 Triton kernels, the launch wrappers, the ``nnspec::*`` custom ops with fake kernels and
 autograd formula, the public function, the PyTorch reference (the ``backend="torch"`` path):
 
-* ``linear_leaky_relu.py`` - fused Linear + LeakyReLU
-* ``cross_entropy.py``     - softmax cross-entropy
-* ``batch_norm.py``        - batch normalisation
+* ``linear_leaky_relu_op.py`` - fused Linear + LeakyReLU
+* ``cross_entropy_op.py``     - softmax cross-entropy
+* ``batch_norm_op.py``        - batch normalisation
 * ``_triton.py``   - the deferred ``triton`` / ``tl`` the op modules write their kernels
   with, and the helpers they share (fp32-pair scalars, accumulation dtypes)
 * ``_dispatch.py`` - backend resolution, activation of an op's kernels on first Triton use
@@ -33,18 +33,16 @@ register their custom ops at import but hold their kernels as deferred stand-ins
 launch (see ``_triton``).  The package is a leaf: it imports torch and triton, nothing of
 nnspec.
 
-``nnspec.kernels.linear_leaky_relu`` and ``nnspec.kernels.batch_norm`` are the public
-functions, which shadow the op modules of the same name; reach a module through
-``importlib.import_module("nnspec.kernels.batch_norm")`` (or ``from
-nnspec.kernels.batch_norm import ...``).
+The op modules end in ``_op`` so that no module shares its name with a public function:
+``nnspec.kernels.batch_norm`` is the function, ``nnspec.kernels.batch_norm_op`` its module
+(a submodule of the same name would replace the function on the package as soon as
+anything imported it).
 """
 from ._dispatch import triton_available
 
-# Each ``from .op import function`` imports the op module (registering its custom ops) and
-# then binds the function, so the functions - not the submodules of the same name - are the
-# package attributes.
-from .batch_norm import batch_norm  # noqa: E402
-from .cross_entropy import softmax_cross_entropy  # noqa: E402
-from .linear_leaky_relu import linear_leaky_relu  # noqa: E402
+# Importing each op module registers its custom ops.
+from .batch_norm_op import batch_norm  # noqa: E402
+from .cross_entropy_op import softmax_cross_entropy  # noqa: E402
+from .linear_leaky_relu_op import linear_leaky_relu  # noqa: E402
 
 __all__ = ["batch_norm", "linear_leaky_relu", "softmax_cross_entropy", "triton_available"]

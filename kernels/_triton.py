@@ -2,7 +2,7 @@
 
 Why this exists
 ---------------
-Each op module (cross_entropy.py, linear_leaky_relu.py, batch_norm.py) keeps its Triton
+Each op module (cross_entropy_op.py, linear_leaky_relu_op.py, batch_norm_op.py) keeps its Triton
 kernels beside its custom-op registration and its PyTorch reference, and the custom ops
 are registered when ``nnspec.kernels`` is imported.  The CPU path must never import triton
 (it is slow to import and may be absent), so the op modules cannot ``import triton`` at

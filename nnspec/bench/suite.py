@@ -91,7 +91,8 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
         interp = not on_cuda and suite == "quick" and command in (None, "kernels")
     interp = bool(interp) and not on_cuda
     if interp and "triton" not in sys.modules:
-        # Must be decided before triton is first imported (kernels are jitted at import).
+        # Must be decided before triton is first imported (it reads the setting at import; the
+        # kernels are built, interpreted or compiled, when nnspec.kernels first launches one).
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
     do_kernels = command in (None, "kernels")

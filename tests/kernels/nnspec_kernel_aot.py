@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from nnspec.kernels import _dispatch  # noqa: E402
 
 # The op modules as the first Triton launch leaves them: kernels activated (made real).
-BN, CE, LIN = (_dispatch.load(name, torch.device("cuda")) for name in ("batch_norm", "cross_entropy", "linear_leaky_relu"))
+BN, CE, LIN = (_dispatch.load(name, torch.device("cuda")) for name in ("batch_norm_op", "cross_entropy_op", "linear_leaky_relu_op"))
 
 PTR = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 ACC = {"fp32": tl.float32, "bf16": tl.float32, "fp16": tl.float32, "fp64": tl.float64}

@@ -112,7 +112,7 @@ def test_many_classes(backend, monkeypatch):
     # More classes than one GPU block (4096); under the interpreter the block is raised to
     # 256 for speed, which still leaves 20 blocks for the online softmax and the argmax.
     if backend == "triton":
-        from nnspec.kernels import cross_entropy as mod
+        from nnspec.kernels import cross_entropy_op as mod
 
         monkeypatch.setattr(mod, "INTERPRET_BLOCK_C", 256)
     logits, target = _case(2, 5000, torch.float32, seed=7)
@@ -204,7 +204,7 @@ def test_gradcheck_float64(backend, monkeypatch):
     if backend == "triton" and not INTERPRETER:
         pytest.skip("needs the interpreter on CPU")
     if backend == "triton":
-        from nnspec.kernels import cross_entropy as mod
+        from nnspec.kernels import cross_entropy_op as mod
 
         monkeypatch.setattr(mod, "INTERPRET_BLOCK_C", 16)  # 19 classes = two blocks, few evaluations
     logits, target = _case(3, 19, torch.float64, seed=13, n_ignored=1)

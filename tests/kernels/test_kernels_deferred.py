@@ -13,7 +13,7 @@ import torch
 import nnspec.kernels as K
 from nnspec_kernel_helpers import INTERPRETER
 
-OPS = ("batch_norm", "cross_entropy", "linear_leaky_relu")
+OPS = ("batch_norm_op", "cross_entropy_op", "linear_leaky_relu_op")
 
 
 def _run_python(code, **env_overrides):
@@ -58,7 +58,7 @@ def test_activation_builds_real_kernels_once():
         from triton.runtime.autotuner import Autotuner
         from triton.runtime.jit import JITFunction
         from nnspec.kernels import _dispatch, _triton
-        from nnspec.kernels.linear_leaky_relu import _fwd_kernel as early  # still deferred
+        from nnspec.kernels.linear_leaky_relu_op import _fwd_kernel as early  # still deferred
         BN, CE, LIN = (_dispatch.load(n, torch.device("cuda")) for n in %r)
         assert _triton.INTERPRET is False and LIN.INTERPRET is False
         assert LIN.triton is triton and LIN.tl is triton.language and _triton.tl is triton.language
@@ -73,7 +73,7 @@ def test_activation_builds_real_kernels_once():
         # a reference taken before activation forwards to the real kernel
         assert isinstance(early, _triton.Deferred) and early.built is LIN._fwd_kernel
         assert early.arg_names == LIN._fwd_kernel.arg_names
-        assert _dispatch.load("batch_norm", torch.device("cuda")) is BN  # activated once
+        assert _dispatch.load("batch_norm_op", torch.device("cuda")) is BN  # activated once
         print("ok")
     """ % (OPS,)
     out = _run_python(code, TRITON_INTERPRET=None)
@@ -88,7 +88,7 @@ def test_activation_under_the_interpreter():
     from nnspec.kernels import _dispatch, _triton
 
     K.softmax_cross_entropy(torch.randn(3, 5), torch.tensor([0, 1, 4]), backend="triton")
-    CE = _dispatch.load("cross_entropy", torch.device("cpu"))
+    CE = _dispatch.load("cross_entropy_op", torch.device("cpu"))
     assert _triton.INTERPRET and CE.INTERPRET
     assert isinstance(CE._ce_fwd_kernel, InterpretedFunction)
     assert isinstance(_triton.join_f64, InterpretedFunction) and CE.join_f64 is _triton.join_f64

@@ -144,7 +144,7 @@ def test_gradcheck_float64(backend):
 @pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter configuration")
 def test_interpreter_bypasses_autotune():
     pytest.importorskip("triton")
-    mod = importlib.import_module("nnspec.kernels.linear_leaky_relu")  # nnspec.kernels.linear_leaky_relu is the function
+    mod = importlib.import_module("nnspec.kernels.linear_leaky_relu_op")
 
     x, w, b = _inputs((40, 24), 20, True, torch.float32)
     K.linear_leaky_relu(x.requires_grad_(), w.requires_grad_(), b, backend="triton").sum().backward()
@@ -155,7 +155,7 @@ def test_interpreter_bypasses_autotune():
 
 def test_tf32_follows_pytorch_matmul_setting():
     pytest.importorskip("triton")
-    mod = importlib.import_module("nnspec.kernels.linear_leaky_relu")  # nnspec.kernels.linear_leaky_relu is the function
+    mod = importlib.import_module("nnspec.kernels.linear_leaky_relu_op")
 
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):

@@ -267,8 +267,8 @@ def test_eager_torch_path_skips_the_custom_op(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("custom op called on the eager torch path")
 
-    for module, op in (("linear_leaky_relu", "linear_leaky_relu_op"),
-                       ("cross_entropy", "softmax_cross_entropy_op"), ("batch_norm", "batch_norm_op")):
+    for module, op in (("linear_leaky_relu_op", "linear_leaky_relu_op"),
+                       ("cross_entropy_op", "softmax_cross_entropy_op"), ("batch_norm_op", "batch_norm_op")):
         monkeypatch.setattr(importlib.import_module(f"nnspec.kernels.{module}"), op, boom)
     K.linear_leaky_relu(torch.randn(2, 3), torch.randn(4, 3))
     K.softmax_cross_entropy(torch.randn(2, 3), torch.tensor([0, 2]))

@@ -45,7 +45,7 @@ from . import _dispatch
 # the kernels below are ordinary Triton, made real on the first Triton launch.
 from ._triton import INTERPRET, acc_dtype, compute_dtype, empty_grad, join_f64, split_f64, tl, triton
 
-_NAME = "linear_leaky_relu"  # for _dispatch.load
+_NAME = "linear_leaky_relu_op"  # for _dispatch.load
 
 # Fixed tiles under the interpreter: 16 is tl.dot's minimum, and small tiles make the
 # small test shapes span several tiles in every dimension (tails included).

@@ -41,7 +41,7 @@ from . import _dispatch
 # the kernels below are ordinary Triton, made real on the first Triton launch.
 from ._triton import INTERPRET, acc_dtype, compute_dtype, join_f64, split_f64, tl, triton
 
-_NAME = "cross_entropy"  # for _dispatch.load
+_NAME = "cross_entropy_op"  # for _dispatch.load
 
 # The interpreter runs every program in numpy, so small blocks keep tests fast *and* make
 # modest class counts span several blocks (the online-softmax rescaling is what needs testing).

@@ -52,7 +52,7 @@ from . import _dispatch
 # the kernels below are ordinary Triton, made real on the first Triton launch.
 from ._triton import INTERPRET, acc_dtype, compute_dtype, empty_grad, join_f64, split_f64, tl, triton
 
-_NAME = "batch_norm"  # for _dispatch.load
+_NAME = "batch_norm_op"  # for _dispatch.load
 
 # Small tiles under the interpreter make small test shapes span several tiles and splits.
 INTERPRET_TILE = 16
