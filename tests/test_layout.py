@@ -141,3 +141,13 @@ def test_old_entry_points_still_run_and_say_where_they_moved(old: str, new: str)
     assert proc.returncode == 0, proc.stderr
     assert f"{old} is now {new}" in proc.stderr
     assert "usage:" in proc.stdout
+
+
+def test_the_readme_layout_table_names_every_part() -> None:
+    """The README's layout table matches the tree: every package folder has its row."""
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Layout"):].split("\n## ")[0]
+    folders = ["kernels/"] + [f"nnspec/{p.name}/" for p in sorted((REPO / "nnspec").iterdir())
+                              if (p / "__init__.py").is_file()]  # fmt: skip
+    missing = [folder for folder in folders if f"| `{folder}` |" not in table]
+    assert not missing, f"README's layout table has no row for {missing}"
