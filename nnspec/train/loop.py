@@ -211,6 +211,8 @@ def _end_epoch(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
         all_records = [r for history in run.histories.values() for r in history]
         report.write_metrics(run.directory, all_records)
     run.progress.end_epoch(record)
+    if run.on_epoch is not None:
+        run.on_epoch(dict(record))
     return stop
 
 
