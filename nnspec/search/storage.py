@@ -19,10 +19,11 @@ shares — and Optuna's own heartbeat thread, stale check and retry do the rest.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -37,7 +38,14 @@ HEARTBEAT_ATTR = "nnspec:heartbeat"
 #: A trial held by a lost worker is retried this many times, then left failed.
 MAX_RETRY = 2
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextlib.contextmanager
+def no_experimental_warnings() -> Iterator[None]:
+    """Heartbeats and retries are marked experimental in Optuna; that is Optuna's note, not the user's problem."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 class SearchError(Exception):
@@ -66,7 +74,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is not None and now - float(beat) > self._grace_period:
+            started = trial.datetime_start.timestamp() if trial.datetime_start else None
+            if beat is None or (started is not None and float(beat) < started - 1.0):
+                continue  # no beat of its own yet (a retried trial inherits its original's attributes)
+            if now - float(beat) > self._grace_period:
                 stale.append(trial._trial_id)
         return stale
 
@@ -109,6 +120,11 @@ def open_storage(url: str | None, out: Path, heartbeat: int) -> BaseStorage:
 
     Raises SearchError (exit 1) when the database cannot be reached or its driver is missing.
     """
+    with no_experimental_warnings():
+        return _open_storage(url, out, heartbeat)
+
+
+def _open_storage(url: str | None, out: Path, heartbeat: int) -> BaseStorage:
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     grace = 3 * heartbeat
     if url is None:
@@ -123,7 +139,7 @@ def open_storage(url: str | None, out: Path, heartbeat: int) -> BaseStorage:
     except ImportError as exc:
         raise SearchError(
             f"cannot open {shown}: its database driver is not installed ({exc}); "
-            'for PostgreSQL: pip install "nnspec[postgres]"'
+            'for PostgreSQL: pip install "nnspec[postgres]" (psycopg 3)'
         ) from None
     except Exception as exc:  # noqa: BLE001 — sqlalchemy's errors for an unreachable server vary by driver
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -32,7 +32,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from nnspec.errors import SpecError
 from nnspec.search.space import Box, Dimension, dimensions, refine_box
-from nnspec.search.storage import SearchError, open_storage
+from nnspec.search.storage import SearchError, no_experimental_warnings, open_storage
 from nnspec.search.study import (
     DIRECTORY, ERROR, HOST, ROUND, SECONDS, SURPLUS, VALUES, Standing, make_pruner, make_sampler, open_study,
     worker_seed,
@@ -218,7 +218,8 @@ def work(job: Job) -> None:
 
     catch = (TrialRejected, _Surplus)
     while True:
-        optuna.storages.fail_stale_trials(study)
+        with no_experimental_warnings():
+            optuna.storages.fail_stale_trials(study)
         standing = Standing.of(study.get_trials(deepcopy=False))
         if standing.finished >= job.trials:
             return
@@ -230,8 +231,9 @@ def work(job: Job) -> None:
         if standing.finished + standing.running >= job.trials and standing.waiting == 0:
             time.sleep(POLL_S)  # the rest are held by other workers: wait for them, or for them to go stale
             continue
-        study.optimize(lambda trial: _objective(ctx, trial), n_trials=1, catch=catch, callbacks=[show],
-                       gc_after_trial=False)  # fmt: skip
+        with no_experimental_warnings():
+            study.optimize(lambda trial: _objective(ctx, trial), n_trials=1, catch=catch, callbacks=[show],
+                           gc_after_trial=False)  # fmt: skip
 
 
 def worker_main(job: Job) -> None:
