@@ -207,3 +207,38 @@ def test_train_reports_each_epoch_to_a_callback_and_stops_when_it_raises(tmp_pat
         train(spec, out=tmp_path / "run", quiet=True, on_epoch=on_epoch)
     assert [r["epoch"] for r in seen] == [1, 2] and all("val_accuracy" in r for r in seen)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_stops_every_worker_and_records_what_finished(tmp_path):
+    slow = SPEC.replace("epochs: 2", "epochs: 60").replace("samples: 512", "samples: 1024")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "nnspec", "search", str(spec_file(tmp_path, slow)), "--out", str(out),
+               "--jobs", "2", "--trials", "6"]  # fmt: skip
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+
+        def finished() -> int:
+            return sum('"status": "finished"' in p.read_text() for p in out.glob("trial-*/summary.json"))
+
+        while finished() < 1 or len(list(out.glob("trial-*/metrics.jsonl"))) < 3:
+            assert search.poll() is None, search.communicate()
+            assert time.monotonic() < deadline, "no trial finished"
+            time.sleep(0.2)
+        os.killpg(search.pid, signal.SIGINT)  # what Ctrl-C on a terminal does: the whole process group
+        _, err = search.communicate(timeout=120)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+    assert search.returncode == 130, err
+    assert "--resume" not in err  # a trial is not resumed by hand: the search is rerun
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"interrupted; {summary['finished']} finished trials are recorded" in err
+    trials = trials_of(out)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == summary["finished"] >= 1
+    rows = csv_rows(out)
+    assert sorted(int(r["number"]) for r in rows if r["state"] == "complete") == sorted(complete)
+    assert (out / "report.md").is_file() and (out / "best.yaml").is_file()

@@ -149,7 +149,7 @@ def _objective(ctx: _Context, trial: Trial) -> float:
 
     start = time.perf_counter()
     try:
-        summary = train(spec, out=directory, quiet=True, on_epoch=report, evaluate_test=False)
+        summary = train(spec, out=directory, quiet=True, on_epoch=report, evaluate_test=False, resume_hint=False)
     except (RunError, SpecError) as exc:
         trial.set_user_attr(ERROR, _first_line(exc))
         raise TrialRejected from None

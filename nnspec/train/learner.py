@@ -58,6 +58,8 @@ class Run:
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     #: False: the final evaluation leaves the test split alone (a search trial selects on validation only).
     evaluate_test: bool = True
+    #: False: Ctrl-C does not suggest ``--resume`` (a search trial is continued by rerunning the search).
+    resume_hint: bool = True
 
     @property
     def bf16(self) -> bool:

@@ -31,10 +31,10 @@ def members(spec: Spec, directory: Path) -> list[Member]:
 
 def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, dist: D.Dist, data: Data,
              quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             evaluate_test: bool = True) -> dict[str, Any]:  # fmt: skip
+             evaluate_test: bool = True, resume_hint: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train every member of one run directory, evaluate, and write the summary.
 
-    ``on_epoch`` and ``evaluate_test``: see :class:`~nnspec.train.learner.Run`.
+    ``on_epoch``, ``evaluate_test`` and ``resume_hint``: see :class:`~nnspec.train.learner.Run`.
     """
     wall = time.perf_counter()
     progress = Progress(enabled=not quiet and dist.is_main, world_size=dist.world_size)
@@ -43,7 +43,7 @@ def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, 
         report.write_spec(directory, spec)
     with StopSignal(dist) as stop:
         run = Run(spec, base_dir, directory, device, dist, data, progress, stop, on_epoch=on_epoch,
-                  evaluate_test=evaluate_test)
+                  evaluate_test=evaluate_test, resume_hint=resume_hint)
         try:
             fitted = [fit(run, member) for member in members(spec, directory)]
         except RunError as exc:
