@@ -191,3 +191,11 @@ def test_set_by_an_unknown_name_says_which_names_exist():
     with pytest.raises(Exception) as caught:
         apply_overrides(_doc(BASE), ["model.hiden.out=3"])
     assert "no layer named 'hiden' (did you mean 'hidden'?); its named layers: hidden" in str(caught.value)
+
+
+def test_one_out_directory_holds_one_study(tmp_path, capsys):
+    spec = write(tmp_path, BASE + SEARCH.replace("trials: 2", "trials: 1"))
+    out = str(tmp_path / "out")
+    assert run_cli(capsys, "search", str(spec), "--out", out)[0] == 0
+    code, _, err = run_cli(capsys, "search", str(spec), "--out", out, "--study", "another")
+    assert code == 2 and "holds the study 'tiny'; continue it with --study tiny" in err

@@ -130,6 +130,11 @@ def search(spec: str | Path, *, overrides: Sequence[str] = (), trials: int | Non
     study_name = study or resolved.name
     store = open_storage(storage, out_dir, heartbeat)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # trial directories are named by number, so one --out holds one study
+        others = [name for name in optuna.get_all_study_names(store) if name != study_name]
+        if others:
+            raise SearchError(f"{out_dir} holds the study '{others[0]}'; continue it with --study {others[0]}, "
+                              "or give another --out", exit_code=2)  # fmt: skip
     the_study = open_study(store, study_name, section, create=True)
     where = storage_text(storage, out_dir)
     before = Standing.of(the_study.get_trials(deepcopy=False))

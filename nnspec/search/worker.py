@@ -207,7 +207,8 @@ def work(job: Job) -> None:
     probe = open_study(storage, job.study, spec.search)
     start_count = len(probe.get_trials(deepcopy=False))
     section = spec.search
-    sampler = make_sampler(section, worker_seed(section, start_count, job.worker, job.shared))
+    with no_experimental_warnings():
+        sampler = make_sampler(section, worker_seed(section, start_count, job.worker, job.shared))
     study = open_study(storage, job.study, section, sampler, make_pruner(section, spec.train.epochs))
     ctx = _Context(job, section, spec.train.epochs, dimensions(section))
 
