@@ -38,6 +38,7 @@ def search(work: Path, name: str, trials: int, sets: list[str], jobs: int = 1) -
                "--jobs", str(jobs), "-q"]
     for item in sets:
         command += ["--set", item]
+    load = os.getloadavg()
     start = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - start
@@ -45,13 +46,63 @@ def search(work: Path, name: str, trials: int, sets: list[str], jobs: int = 1) -
         rows = [row for row in csv.DictReader(handle) if row["state"] == "complete"]
     summary = json.loads((out / "summary.json").read_text())
     print(f"{name}: {len(rows)} trials, best {summary['best']['value']:.4f}, {wall:.0f} s", flush=True)
-    return {"name": name, "wall_s": wall, "rows": rows, "summary": summary, "load": os.getloadavg()}
+    return {"name": name, "wall_s": wall, "rows": rows, "summary": summary, "load": load}
+
+
+def _best(arm: dict) -> float:
+    return max(float(row["value"]) for row in arm["rows"])
+
+
+def _load(arm: dict) -> str:
+    return "/".join(f"{x:.1f}" for x in arm["load"])
+
+
+def tables(results: dict) -> str:
+    """The four measurements as markdown tables (the report's numbers come from here)."""
+    out = ["### 1. Grid 5×5 against random 25 (learning rate × hidden width)", "",
+           "| rep | grid: distinct lr | grid: best val | random: distinct lr | random: best val |", "|---|---|---|---|---|"]
+    for rep, arms in enumerate(results["grid_vs_random"]):
+        grid, rand = arms["grid"], arms["random"]
+        distinct = [len({row["optimizer.lr"] for row in arm["rows"]}) for arm in (grid, rand)]
+        out.append(f"| {rep} | {distinct[0]} | {_best(grid):.4f} | {distinct[1]} | {_best(rand):.4f} |")
+    out += ["", "### 2. Learning rate uniform against log-uniform on [1e-4, 1], 20 trials", "",
+            "| rep | uniform: share < 0.1 | uniform: best val (at lr) | log: share < 0.1 | log: best val (at lr) |",
+            "|---|---|---|---|---|"]
+    for rep, arms in enumerate(results["uniform_vs_log"]):
+        cells = []
+        for arm in (arms["uniform"], arms["log"]):
+            lrs = [float(row["optimizer.lr"]) for row in arm["rows"]]
+            top = max(arm["rows"], key=lambda row: float(row["value"]))
+            cells += [f"{sum(lr < 0.1 for lr in lrs)}/{len(lrs)}", f"{_best(arm):.4f} ({float(top['optimizer.lr']):.2g})"]
+        out.append(f"| {rep} | " + " | ".join(cells) + " |")
+    out += ["", "### 3. Coarse to fine: 2 rounds of 10 (top 0.25), against 20 random trials", "",
+            "| rep | best after round 1 | best after round 2 | median round 1 | median round 2 | random 20: best after 10 | after 20 |",
+            "|---|---|---|---|---|---|---|"]
+    import statistics
+
+    for rep, arms in enumerate(results["refine"]):
+        rows = arms["refine"]["rows"]
+        first = [float(r["value"]) for r in rows if r["round"] == "1"]
+        second = [float(r["value"]) for r in rows if r["round"] == "2"]
+        plain = [float(r["value"]) for r in sorted(arms["random"]["rows"], key=lambda r: int(r["number"]))]
+        out.append(f"| {rep} | {max(first):.4f} | {max(first + second):.4f} | {statistics.median(first):.4f} | "
+                   f"{statistics.median(second):.4f} | {max(plain[:10]):.4f} | {max(plain):.4f} |")
+    out += ["", "### 4. One worker against two, 16 trials", "",
+            "| workers | wall time (s) | mean trial time (s) | load average before (1/5/15 min) |", "|---|---|---|---|"]
+    for arm in results["jobs"]:
+        mean = statistics.mean(float(row["seconds"]) for row in arm["rows"])
+        out.append(f"| {arm['name'].split('-')[1]} | {arm['wall_s']:.1f} | {mean:.2f} | {_load(arm)} |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/search-mnist")
+    parser.add_argument("--tables", action="store_true", help="print the tables of results.json and stop")
     args = parser.parse_args()
+    if args.tables:
+        print(tables(json.loads((HERE / "results.json").read_text())))
+        return
     work = Path(args.work)
     results: dict[str, list] = {"grid_vs_random": [], "uniform_vs_log": [], "refine": [], "jobs": []}
     for rep in range(REPS):
