@@ -129,3 +129,23 @@ def test_two_searches_on_two_outs_share_one_study_in_postgresql(tmp_path, postgr
         rows = [r for r in csv_rows(out) if r["state"] == "complete"]
         assert sorted(int(r["number"]) for r in rows) == sorted(t.number for t in finished)
         assert (out / "best.yaml").is_file() and (out / "report.md").is_file()
+
+
+def test_machines_starting_together_on_a_fresh_database_all_get_in(tmp_path, postgres_url):
+    """Optuna creates its tables on first contact; simultaneous first contacts race on CREATE."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE fresh")
+    url = postgres_url.rsplit("/", 1)[0] + "/fresh"
+    opener = (
+        "import sys, time; from pathlib import Path; from nnspec.search.storage import open_storage; "
+        "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); open_storage(sys.argv[2], Path('.'), 10)"
+    )
+    import time
+
+    start = str(time.time() + 3.0)  # all of them at once, once their imports are done
+    processes = [subprocess.Popen([sys.executable, "-c", opener, start, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]  # fmt: skip
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, errors

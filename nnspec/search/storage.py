@@ -20,6 +20,7 @@ shares — and Optuna's own heartbeat thread, stale check and retry do the rest.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 import warnings
 from pathlib import Path
@@ -88,6 +89,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._stale_callback
 
 
+SCHEMA_ATTEMPTS = 5
+
+
+def _lost_schema_race(exc: BaseException) -> bool:
+    text = str(exc)
+    return "duplicate key value" in text or "already exists" in text
+
+
 def _storage_flag(url: str) -> Position:
     return Position(f"--storage {url}", 1, 1)
 
@@ -134,8 +143,17 @@ def _open_storage(url: str | None, out: Path, heartbeat: int) -> BaseStorage:
 
     shown = make_url(url).render_as_string(hide_password=True)
     try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
-                          grace_period=grace, heartbeat_stale_trial_callback=retry)  # fmt: skip
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                                  grace_period=grace, heartbeat_stale_trial_callback=retry)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                # Machines started together on a fresh database race to create Optuna's tables; the
+                # loser's CREATE fails on a name the winner just took. The tables exist now: try again.
+                if not _lost_schema_race(exc) or attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 + random.random())
+        raise AssertionError("unreachable")
     except ImportError as exc:
         raise SearchError(
             f"cannot open {shown}: its database driver is not installed ({exc}); "
