@@ -126,7 +126,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_the_study_finishes(tmp_
     spec = spec_file(tmp_path, slow.replace("samples: 512", "samples: 2048"))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "nnspec", "search", str(spec), "--out", str(out), "--heartbeat", "1",
-               "--set", "train.epochs=40"]  # fmt: skip
+               "--set", "train.epochs=100"]  # fmt: skip
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
