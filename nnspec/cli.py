@@ -80,6 +80,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from nnspec.search.run import search
+
+    search(args.spec, overrides=args.set, trials=args.trials, jobs=args.jobs, storage=args.storage,
+           study=args.study, out=args.out, heartbeat=args.heartbeat, quiet=args.quiet)  # fmt: skip
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from nnspec.bench import run
 
@@ -126,6 +134,23 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or weights file)")
         p.set_defaults(run=run)
+
+    p = sub.add_parser("search", help="search hyperparameters from the spec's search section (Optuna)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--trials", type=int, metavar="N", help="finished trials wanted (default: search.trials)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on this machine (default 1)")
+    p.add_argument("--storage", metavar="URL",
+                   help="database shared by every machine of the search, e.g. postgresql://user@host/db "
+                        "(default: a journal file in --out)")  # fmt: skip
+    p.add_argument("--study", metavar="NAME", help="study name in the storage (default: the spec's name)")
+    p.add_argument("--out", metavar="DIR", help="where trials and the report go (default searches/<name>-<time>); "
+                   "run again with the same --out to continue")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a spec value before searching, e.g. --set train.epochs=1; repeatable")  # fmt: skip
+    p.add_argument("--heartbeat", type=int, default=10, metavar="S",
+                   help="a worker's heartbeat, in seconds; a trial silent for 3x this is failed and retried")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(run=cmd_search)
 
     from nnspec.bench.options import add_arguments as add_bench_arguments  # argparse only
 

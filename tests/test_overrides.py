@@ -150,7 +150,8 @@ def test_semantic_error_from_an_override_is_positioned_there():
         ("=3", "empty key"),
         ("train..epochs=3", "empty component"),
         ("model.9.out=3", "out of range"),
-        ("model.x.out=3", "is a list"),
+        ("model.x.out=3", "no layer named 'x'"),  # a layer list takes names too
+        ("input.x=3", "is a list"),
         ("name.first=3", "not a mapping or list"),
         ("train.epochs=[1", "invalid YAML"),
         ("loss.label_smoothing=0.1", None),  # valid: loss 'cross_entropy' expands to its canonical form

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from nnspec.spec.kinds import KindsOf
 from nnspec.spec.layers import LAYERS
 from nnspec.spec.model import SCHEMA_ID, Spec
-from nnspec.spec import training
+from nnspec.spec import search, training
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -23,7 +23,9 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 def _families() -> list[KindsOf]:
     """Every family of kinds, found through the markers on the annotated unions."""
     markers = [LAYERS]
-    for union in (training.LossSpec, training.OptimizerSpec, training.ScheduleKind, training.AugmentSpec, training.InitScheme):
+    unions = (training.LossSpec, training.OptimizerSpec, training.ScheduleKind, training.AugmentSpec, training.InitScheme,
+              search.Distribution)
+    for union in unions:
         markers += [m for m in union.__metadata__ if isinstance(m, KindsOf)]
     return markers
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from nnspec.errors import Diagnostic, Position, short_repr
 from nnspec.spec.layers import MAX_WIDTH, LayerSpec
+from nnspec.spec.search import SearchSection
 from nnspec.spec.training import (
     DataSection,
     EnsembleSection,
@@ -56,6 +57,7 @@ class Spec(BaseModel):
     regularization: RegularizationSection = Field(default_factory=RegularizationSection)
     init: InitSection = Field(default_factory=InitSection)
     ensemble: EnsembleSection | None = None
+    search: SearchSection | None = Field(None, description="hyperparameter search for `nnspec search`; `nnspec train` ignores it")
 
     # Where each value was written (canonical key path -> position); set by the loader.
     _positions: dict[tuple[str | int, ...], Position] = PrivateAttr(default_factory=dict)

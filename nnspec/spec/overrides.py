@@ -9,7 +9,8 @@ named after the override itself, so a bad value reads::
     --set train.epochs=x:1:14: train.epochs: input should be a valid integer (got 'x')
 
 Paths follow the spec's own addressing (``model.3.out``): list items by index,
-mapping keys by name. Walking *into* a kind written in shorthand
+mapping keys by name, and a layer also by its ``name`` (``model.hidden.out``), so
+a path survives inserting a layer before it. Walking *into* a kind written in shorthand
 (``optimizer: adam`` then ``--set optimizer.lr=0.1``) first rewrites it into
 its canonical mapping, so the override adds a field instead of clobbering the
 kind. Mappings missing on the way are created; list indices must exist.
@@ -25,8 +26,9 @@ from typing import Any, Annotated, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from nnspec.errors import Diagnostic, Position, SpecError, dotted
+from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted
 from nnspec.spec.kinds import KindsOf, ShorthandError, canonical_kind, strip_annotated
+from nnspec.spec.layers import LAYERS
 from nnspec.spec.model import Spec
 from nnspec.spec.source import Document, KeyPath, parse_yaml
 
@@ -179,32 +181,33 @@ class _Applier:
 
     def apply(self, override: Override) -> None:
         value = _parse_value(override)
-        parent, path = self._parent(override)
-        last = self._key(parent, override.path[-1], override, len(path))
+        parent, path, annotation = self._parent(override)
+        last = self._key(parent, override.path[-1], override, len(path), annotation)
         path = path + (last,)
         self._forget(path)
         parent[last] = value.data
         self.positions.update({path + sub: pos for sub, pos in value.positions.items()})
 
-    def _parent(self, override: Override) -> tuple[dict | list, KeyPath]:
+    def _parent(self, override: Override) -> tuple[dict | list, KeyPath, Any]:
         """Walk to the container holding the overridden key, creating or expanding on the way.
 
-        Returns the container and its path, with numeric keys of mappings turned back into names.
+        Returns the container, its path (numeric keys of mappings turned back into
+        names, layer names into indices) and its annotation.
         """
         node: Any = self.data
         annotation: Any = Spec
         path: KeyPath = ()
         for depth, written in enumerate(override.path[:-1]):
-            key = self._key(node, written, override, depth)
+            key = self._key(node, written, override, depth, annotation)
             child_annotation = _child_annotation(annotation, node, key)
             path = path + (key,)
             child = node[key] if (isinstance(node, dict) and key in node) or isinstance(node, list) else None
             node[key] = self._expanded(child, child_annotation, path, override.path[depth + 1], override)
             node, annotation = node[key], child_annotation
-        return node, path
+        return node, path, annotation
 
-    def _key(self, node: Any, key: str | int, override: Override, depth: int) -> str | int:
-        """``key`` checked against ``node``: list items by existing index, mapping keys by name."""
+    def _key(self, node: Any, key: str | int, override: Override, depth: int, annotation: Any) -> str | int:
+        """``key`` checked against ``node``: list items by existing index (or a layer by name), mapping keys by name."""
         where = dotted(override.path[:depth]) or "the spec"
         if isinstance(node, dict):
             return str(key)  # a numeric key of a mapping is still a name
@@ -213,6 +216,8 @@ class _Applier:
                 f"cannot set '{dotted(override.path)}': '{where}' holds the value {node!r}, not a mapping or list",
                 position=override.position(), path=dotted(override.path[:depth]),
             )  # fmt: skip
+        if not isinstance(key, int) and _kinds_of(_list_item(annotation)) is LAYERS:
+            return self._layer_index(node, key, override, depth)
         if not isinstance(key, int):
             raise SpecError.single(
                 f"'{where}' is a list; index it with a number, not '{key}'",
@@ -224,6 +229,19 @@ class _Applier:
                 position=override.position(), path=dotted(override.path[: depth + 1]),
             )  # fmt: skip
         return key
+
+    def _layer_index(self, layers: list, name: str, override: Override, depth: int) -> int:
+        """The index of the layer called ``name`` in this list (its direct items only)."""
+        names = [_layer_name(layer) for layer in layers]
+        if name in names:
+            return names.index(name)
+        given = [n for n in names if n is not None]
+        where = dotted(override.path[:depth]) or "the spec"
+        hint = f"; its named layers: {', '.join(given)}" if given else "; none of its layers has a name"
+        raise SpecError.single(
+            f"'{where}' has no layer named '{name}'{did_you_mean(name, given)}{hint}",
+            position=override.position(), path=dotted(override.path[: depth + 1]),
+        )  # fmt: skip
 
     def _expanded(self, child: Any, annotation: Any, here: KeyPath, next_key: str | int, override: Override) -> Any:
         """The child as a container to descend into: created when absent, a kind shorthand made canonical.
@@ -268,6 +286,16 @@ class _Applier:
     def _forget(self, path: KeyPath) -> None:
         for stale in [p for p in self.positions if p[: len(path)] == path]:
             del self.positions[stale]
+
+
+def _layer_name(raw: Any) -> str | None:
+    """The ``name`` of a layer as written, in any of its forms (None when it has none)."""
+    try:
+        canonical, _ = canonical_kind(raw, LAYERS)
+    except ShorthandError:
+        return None
+    name = canonical.get("name")
+    return name if isinstance(name, str) else None
 
 
 def apply_overrides(doc: Document, overrides: Sequence[str]) -> Document:

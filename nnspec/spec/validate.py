@@ -21,6 +21,7 @@ from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted,
 from nnspec.spec.kinds import Kind, KindsOf, ShorthandError, canonical_kind, strip_annotated
 from nnspec.spec.meaning import meaning_findings
 from nnspec.spec.model import Spec
+from nnspec.spec.search import search_problems
 from nnspec.spec.shapes import infer_shapes
 from nnspec.spec.source import Document, KeyPath, load_document, parse_text
 
@@ -68,6 +69,8 @@ def check_spec(spec: Spec, doc: Document | None = None) -> None:
         return Diagnostic(position, dotted(path), message)
 
     diagnostics += [at(path, message) for path, message in _name_problems(spec)]
+    if spec.search is not None:
+        diagnostics += [at(path, message) for path, message in search_problems(spec.search)]
     _, problems = infer_shapes(spec.model, spec.input)
     diagnostics += [at(problem.path, problem.message) for problem in problems]
     if not diagnostics:

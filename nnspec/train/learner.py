@@ -53,6 +53,13 @@ class Run:
     progress: Progress
     stop: "StopSignal"
     histories: dict[int | None, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Called with each epoch's record once it is saved (a search reports validation to its pruner here;
+    #: an exception it raises stops the run).
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    #: False: the final evaluation leaves the test split alone (a search trial selects on validation only).
+    evaluate_test: bool = True
+    #: False: Ctrl-C does not suggest ``--resume`` (a search trial is continued by rerunning the search).
+    resume_hint: bool = True
 
     @property
     def bf16(self) -> bool:

@@ -211,6 +211,8 @@ def _end_epoch(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
         all_records = [r for history in run.histories.values() for r in history]
         report.write_metrics(run.directory, all_records)
     run.progress.end_epoch(record)
+    if run.on_epoch is not None:
+        run.on_epoch(dict(record))
     return stop
 
 
@@ -220,7 +222,7 @@ def _interrupt(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
     if not saved:
         cursor.spent = clock.spent()
         save_checkpoint(run, member, learner, cursor, log)
-    if run.dist.is_main:  # printed even when quiet: it says how to get the work back
+    if run.dist.is_main and run.resume_hint:  # printed even when quiet: it says how to get the work back
         print(f"nnspec: interrupted at epoch {cursor.epoch + 1}, step {cursor.step}; checkpoint saved. "
               f"Continue with: nnspec train SPEC --resume {run.directory}", file=sys.stderr, flush=True)  # fmt: skip
     raise KeyboardInterrupt

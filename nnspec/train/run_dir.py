@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -30,15 +30,20 @@ def members(spec: Spec, directory: Path) -> list[Member]:
 
 
 def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, dist: D.Dist, data: Data,
-             quiet: bool) -> dict[str, Any]:  # fmt: skip
-    """Train every member of one run directory, evaluate, and write the summary."""
+             quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+             evaluate_test: bool = True, resume_hint: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train every member of one run directory, evaluate, and write the summary.
+
+    ``on_epoch``, ``evaluate_test`` and ``resume_hint``: see :class:`~nnspec.train.learner.Run`.
+    """
     wall = time.perf_counter()
     progress = Progress(enabled=not quiet and dist.is_main, world_size=dist.world_size)
     if dist.is_main:
         directory.mkdir(parents=True, exist_ok=True)
         report.write_spec(directory, spec)
     with StopSignal(dist) as stop:
-        run = Run(spec, base_dir, directory, device, dist, data, progress, stop)
+        run = Run(spec, base_dir, directory, device, dist, data, progress, stop, on_epoch=on_epoch,
+                  evaluate_test=evaluate_test, resume_hint=resume_hint)
         try:
             fitted = [fit(run, member) for member in members(spec, directory)]
         except RunError as exc:
@@ -65,7 +70,7 @@ def _summarize(run: Run, fitted: list[tuple[Learner, Cursor]], wall_s: float) ->
     metrics: dict[str, Any] = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val),
                         ("test", data.x_test, data.y_test)):  # fmt: skip
-        if split == "val" and len(y) == 0:
+        if (split == "val" and len(y) == 0) or (split == "test" and not run.evaluate_test):
             continue
         loss, accuracy = evaluate_models(models, loss_fn, x, y, spec=spec, dist=run.dist, bf16=run.bf16)
         metrics.update({f"{split}_loss": loss, f"{split}_accuracy": accuracy})
@@ -93,7 +98,7 @@ def _summarize(run: Run, fitted: list[tuple[Learner, Cursor]], wall_s: float) ->
     best = [learner.stopper.best_epoch for learner in learners if learner.stopper is not None]
     if best:
         summary["best_epoch"] = best[0] if len(best) == 1 else best
-    if spec.ensemble is not None:
+    if spec.ensemble is not None and run.evaluate_test:
         summary["members"] = [_member_metrics(run, learner) for learner in learners]
     return summary
 

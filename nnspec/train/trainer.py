@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -61,7 +61,9 @@ def _print_warnings(spec: Spec, quiet: bool, dist: D.Dist) -> None:
 
 
 def train(spec: Spec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
-          resume: str | Path | None = None, seeds: int = 1, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+          resume: str | Path | None = None, seeds: int = 1, quiet: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, evaluate_test: bool = True,
+          resume_hint: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train ``spec`` (a path or a Spec) and return the run's summary.
 
     ``seeds=N`` trains N runs (seeds ``train.seed``, ``+1``, …) in ``seed_<k>``
@@ -69,9 +71,17 @@ def train(spec: Spec | str | Path, *, overrides: Sequence[str] = (), out: str | 
     stopped run in that directory. Raises SpecError for a bad spec or override,
     RunError (with ``exit_code``) for data problems and failed runs, and
     KeyboardInterrupt after checkpointing when interrupted.
+
+    ``on_epoch(record)`` is called after each epoch is saved, with that
+    epoch's metrics (an exception it raises stops the run: that is how a
+    search prunes a trial); ``evaluate_test=False`` leaves the test split out
+    of the summary (a search trial selects on validation only); ``resume_hint=False``
+    drops the ``--resume`` suggestion on Ctrl-C (a search is continued by rerunning it).
     """
     if seeds < 1:
         raise RunError(f"--seeds must be at least 1, got {seeds}", exit_code=2)
+    if seeds > 1 and (on_epoch is not None or not evaluate_test or not resume_hint):
+        raise ValueError("on_epoch, evaluate_test and resume_hint are for one run (seeds=1)")
     if out is not None and resume is not None:
         raise RunError("give either --out (a new run) or --resume (an existing one), not both", exit_code=2)
     resolved, base_dir = resolve_spec(spec, overrides)
@@ -93,7 +103,8 @@ def train(spec: Spec | str | Path, *, overrides: Sequence[str] = (), out: str | 
                 + (f"--seeds {len(seed_dirs)}" if seed_dirs else "no --seeds"), exit_code=2,
             )  # fmt: skip
         if seeds == 1:
-            summary = run_once(resolved, base_dir, directory, device, dist, data, quiet)
+            summary = run_once(resolved, base_dir, directory, device, dist, data, quiet, on_epoch, evaluate_test,
+                               resume_hint)  # fmt: skip
         else:
             summary = _train_seeds(resolved, base_dir, directory, device, dist, data, seeds, quiet)
         D.barrier(dist)  # no rank leaves the group while another still talks to it
