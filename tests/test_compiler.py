@@ -207,6 +207,22 @@ def test_penalized_weights_are_listed():
     assert all(row.penalized == [] for row in nnspec.plan(loads_spec(MLP)).rows)
 
 
+@pytest.mark.parametrize("extra, listed", [
+    ("regularization: {l2: 0.001}\n", True),
+    ("regularization: {l1: 0.001}\n", True),
+    ("regularization: {weight_decay: 0.01}\n", True),
+    ("optimizer: adamw\n", True),  # adamw decays by default (0.01)
+    ("optimizer: adamw\nregularization: {weight_decay: 0}\n", False),
+    ("optimizer: adam\n", False),
+    ("regularization: {l2: 0, l1: 0, weight_decay: 0}\n", False),
+])
+def test_penalized_column_follows_every_weight_penalty(extra, listed):
+    text = "nnspec: 1\nname: p\ninput: [6]\nmodel:\n  - linear: 4\n  - batch_norm\n  - linear: 2\n" + extra
+    rows = nnspec.plan(loads_spec(text)).rows
+    penalized = [name for row in rows for name in row.penalized]
+    assert penalized == (["linear_0.weight", "linear_2.weight"] if listed else [])
+
+
 # -- guards --------------------------------------------------------------------------
 
 
