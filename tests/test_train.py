@@ -151,6 +151,44 @@ def test_runner_matches_a_hand_written_loop_bit_for_bit(spec_file: Path, tmp_pat
         assert torch.equal(saved[name], tensor), name
 
 
+def test_runner_matches_a_hand_written_loop_with_schedule_and_clipping(spec_file: Path, tmp_path: Path):
+    """As above, with a per-step cosine schedule and both kinds of gradient clipping: the
+    runner must clip before the optimizer step and step the schedule after it (stepping it
+    before, or not clipping, changes the weights)."""
+    overrides = ["train.seed=3", "optimizer={sgd: {lr: 0.5, momentum: 0.9}}", "schedule={cosine: 2}",
+                 "regularization={clip_grad_norm: 0.5, clip_grad_value: 0.02}"]
+    train(spec_file, overrides=overrides, out=tmp_path / "run", quiet=True)
+
+    spec = load_spec(tmp_path / "run" / "spec.yaml")
+    data = load_dataset("synthetic", synthetic={**spec.data.synthetic.model_dump(), "shape": [1, 8, 8]})
+    splits = prepare(data, scale=255.0)
+    torch.manual_seed(3)
+    model = build(spec)
+    initialize(spec, model, tmp_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, fused=True)  # as the runner
+    n, batch = len(splits.y_train), spec.train.batch_size
+    steps_per_epoch = math.ceil(n / batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2 * steps_per_epoch)
+    order_generator = torch.Generator().manual_seed(3)
+    clipped_norms = 0
+    for _ in range(spec.train.epochs):
+        order = torch.randperm(n, generator=order_generator)
+        for start in range(0, n, batch):
+            rows = order[start:start + batch]
+            loss = F.cross_entropy(model(splits.x_train[rows]), splits.y_train[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            clipped_norms += bool(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5) > 0.5)
+            torch.nn.utils.clip_grad_value_(model.parameters(), 0.02)
+            optimizer.step()
+            scheduler.step()
+    assert clipped_norms > 0  # the clipping really bit
+
+    saved = weights(tmp_path / "run")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(saved[name], tensor), name
+
+
 @pytest.mark.parametrize("gather_bytes", [1, 3 * (4 * 5 * 4), 1 << 20], ids=["one step", "three steps", "all"])
 def test_gathered_batches_are_the_steps_own_samples(monkeypatch, gather_bytes: int):
     """Gathering a run of steps at once hands every step exactly x[indices], y[indices] and its weight."""
