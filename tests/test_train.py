@@ -338,10 +338,27 @@ def test_ensemble_trains_members_on_bootstraps_and_combines(spec_file: Path, tmp
     assert again["test_accuracy"] == summary["test_accuracy"]
 
 
-def test_vote_ensemble_reports_no_loss(spec_file: Path, tmp_path: Path):
-    summary = train(spec_file, overrides=["ensemble={members: 2, combine: vote}", "train.epochs=1"],
-                    out=tmp_path / "vote", quiet=True)  # fmt: skip
-    assert summary["test_loss"] is None and 0.0 <= summary["test_accuracy"] <= 1.0
+def test_vote_ensemble_reports_no_loss_and_the_majority_vote_accuracy(spec_file: Path, tmp_path: Path):
+    out = tmp_path / "vote"
+    summary = train(spec_file, overrides=["ensemble={members: 3, combine: vote}", "train.epochs=1"],
+                    out=out, quiet=True)  # fmt: skip
+    assert summary["test_loss"] is None
+    # The accuracy of the majority vote, counted by hand: the class two or three members
+    # predict, else (all differ) the lowest of the three.
+    spec = load_spec(out / "spec.yaml")
+    data = prepare(load_dataset("synthetic", synthetic={**spec.data.synthetic.model_dump(), "shape": [1, 8, 8]}))
+    predictions = []
+    for i in range(3):
+        model = build(spec).eval()
+        model.load_state_dict(weights(out / f"member_{i}"))
+        with torch.no_grad():
+            predictions.append(model(data.x_test).argmax(1).tolist())
+    correct = 0
+    for a, b, c, label in zip(*predictions, data.y_test.tolist()):
+        vote = a if a in (b, c) else (b if b == c else min(a, b, c))
+        correct += vote == label
+    assert summary["test_accuracy"] == pytest.approx(correct / len(data.y_test))
+    assert len({tuple(p) for p in predictions}) > 1  # the members disagree somewhere, so the vote matters
 
 
 def test_seeds_report_mean_and_std(spec_file: Path, tmp_path: Path, capsys):
