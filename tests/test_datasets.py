@@ -602,7 +602,7 @@ def test_synthetic_is_learnable_by_a_tiny_mlp() -> None:
         ({"samples": 0}, "'samples' must be an integer >= 1"),
         ({"samples": True}, "'samples' must be an integer"),
         ({"classes": 1}, "'classes' must be an integer >= 2"),
-        ({"shape": [1, 8]}, "'shape' must be"),
+        ({"shape": [1, 2, 3, 4]}, "'shape' must be"),  # (C, L) is supported; four dims are not
         ({"shape": [0]}, "'shape' must be"),
         ({"noise": -1.0}, "'noise' must be"),
         ({"seed": -3}, "'seed' must be"),
