@@ -74,7 +74,7 @@ def test_run_directory_holds_everything(spec_file: Path, tmp_path: Path):
     summary = train(spec_file, overrides=["data.val=32", "train.epochs=3"], out=out, quiet=True)
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "metrics.jsonl", "model.safetensors", "spec.yaml", "state.pt", "summary.json",
+        "checksums.json", "curves.png", "metrics.jsonl", "model.safetensors", "spec.yaml", "state.pt", "summary.json",
     ]  # fmt: skip
     # spec.yaml is the resolved spec: it loads, and the override is in it.
     resolved = load_spec(out / "spec.yaml")
@@ -406,7 +406,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path):
     with pytest.raises(OSError):
         ckpt.atomic_write(target, explode)
     assert torch.equal(ckpt.load_weights(target)["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checksums.json", "model.safetensors"]  # no temp file left
 
 
 def test_resolved_spec_is_canonical_yaml(spec_file: Path, tmp_path: Path):
