@@ -752,3 +752,37 @@ def test_prepare_real_mnist(real_mnist: Dataset) -> None:
     assert splits.x_train.shape == (18000, 1, 28, 28) and splits.x_val.shape == (2000, 1, 28, 28)
     assert splits.x_test.shape == (1000, 1, 28, 28)
     assert abs(splits.x_train.mean().item()) < 0.05 and abs(splits.x_train.std().item() - 1.0) < 0.05
+
+
+# -- gzip bombs ----------------------------------------------------------------------------------
+
+
+def _idx_header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_gzip_bomb_stops_at_the_declared_size(tmp_path: Path) -> None:
+    """A small .gz that expands far past what its IDX header declares is refused after reading
+    one byte more than declared, not decompressed whole (that ended in a MemoryError)."""
+    bomb = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as handle:
+        handle.write(_idx_header(100))
+        zeros = bytes(1 << 20)
+        for _ in range(64):  # 64 MiB of zeros; the real one was 4 GiB
+            handle.write(zeros)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match="decompresses to more than the 108 bytes its IDX header declares"):
+        idx._read_content(bomb)
+
+
+def test_idx_header_declaring_gigabytes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(60000, 2000, 2000)))
+    with pytest.raises(DataError, match=r"declares dimensions \(60000, 2000, 2000\)"):
+        idx._read_content(path)
+
+
+def test_gzipped_idx_of_the_declared_size_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(5) + bytes([1, 2, 3, 4, 5])))
+    assert idx.parse_idx(idx._read_content(path), str(path)).tolist() == [1, 2, 3, 4, 5]
