@@ -372,7 +372,7 @@ def test_download_rejects_bad_checksum_and_leaves_nothing(
     monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert not (isolated / "r").exists()  # nothing created before a download succeeds
 
 
 def test_download_rejects_non_gzip_payload(
@@ -383,7 +383,7 @@ def test_download_rejects_non_gzip_payload(
     monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="not a valid gzip"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert not (isolated / "r").exists()  # nothing created before a download succeeds
 
 
 def test_offline_download_gives_one_complete_error(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,7 +410,7 @@ def test_failed_write_leaves_no_temporary_file(
     monkeypatch.setattr(idx.os, "replace", failing_replace)
     with pytest.raises(DataError, match="could not write .*No space left on device"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert not (isolated / "r").exists()  # nothing created before a download succeeds
 
 
 def test_download_of_real_mnist_bytes(
@@ -786,3 +786,18 @@ def test_gzipped_idx_of_the_declared_size_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(_idx_header(5) + bytes([1, 2, 3, 4, 5])))
     assert idx.parse_idx(idx._read_content(path), str(path)).tolist() == [1, 2, 3, 4, 5]
+
+
+def test_failed_download_creates_no_directories(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.root may point anywhere; nothing is created there until a download succeeded."""
+    def offline(url: str) -> bytes:
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(idx, "_fetch", offline)
+    root = isolated / "typo" / "deep" / "root"
+    with pytest.raises(DataError, match="downloading .* failed"):
+        load_dataset("mnist", root=root, download=True)
+    assert not (isolated / "typo").exists()
+    with pytest.raises(DataError):
+        load_dataset("mnist", download=True)  # the default cache under HOME: not created either
+    assert not any((isolated / "home").iterdir())

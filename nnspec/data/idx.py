@@ -357,14 +357,47 @@ def _try_mirror(url: str, expected_md5: str) -> tuple[bytes | None, str]:
     return raw, ""
 
 
-def _download_file(source: IdxSource, stem: str, target: Path) -> tuple[Path | None, list[str]]:
-    """Download one verified file into ``target``; returns its path or the per-mirror failures."""
+def _download_file(source: IdxSource, stem: str) -> tuple[bytes | None, list[str]]:
+    """One verified file's .gz bytes from the first mirror that has it, or the per-mirror failures."""
     failures: list[str] = []
     for mirror in source.mirrors:
         data, why = _try_mirror(f"{mirror}{stem}.gz", source.md5[stem])
-        if data is None:
-            failures.append(why)
+        if data is not None:
+            return data, []
+        failures.append(why)
+    return None, failures
+
+
+def download_idx(name: str, root: str | Path | None) -> dict[str, Path]:
+    """Download the missing files of ``name`` into its folder under root or the cache.
+
+    Nothing is created on disk until every missing file has been downloaded and verified: a
+    failed download (no network, a typo in ``root``) must not leave directories behind,
+    wherever ``root`` pointed.
+    """
+    source = idx_source(name)
+    target = (Path(root).expanduser() if root is not None else default_cache_dir()) / source.folders[0]
+    files: dict[str, Path] = {}
+    fetched: dict[str, bytes] = {}
+    for stem in IDX_FILES:
+        existing = next((p for p in (target / stem, target / f"{stem}.gz") if p.is_file()), None)
+        if existing is not None:
+            files[stem] = existing
             continue
+        data, failures = _download_file(source, stem)
+        if data is None:
+            reason = f"downloading {stem}.gz failed ({'; '.join(failures) or 'no mirrors configured'})"
+            raise DataError(missing_message(name, root, reason))
+        fetched[stem] = data
+    if not fetched:
+        return files
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create download directory {target}: {exc.strerror or exc}; pass a writable root"
+        ) from None
+    for stem, data in fetched.items():
         path = target / f"{stem}.gz"
         try:
             _write_atomic(path, data)
@@ -373,27 +406,6 @@ def _download_file(source: IdxSource, stem: str, target: Path) -> tuple[Path | N
                 f"downloaded {stem}.gz but could not write it to {target}: {exc.strerror or exc}; "
                 "make the directory writable or pass another root"
             ) from None
-        return path, []
-    return None, failures
-
-
-def download_idx(name: str, root: str | Path | None) -> dict[str, Path]:
-    """Download the missing files of ``name`` into its folder under root or the cache."""
-    source = idx_source(name)
-    target = (Path(root).expanduser() if root is not None else default_cache_dir()) / source.folders[0]
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create download directory {target}: {exc.strerror or exc}; pass a writable root"
-        ) from None
-    files: dict[str, Path] = {}
-    for stem in IDX_FILES:
-        existing = next((p for p in (target / stem, target / f"{stem}.gz") if p.is_file()), None)
-        path, failures = (existing, []) if existing is not None else _download_file(source, stem, target)
-        if path is None:
-            reason = f"downloading {stem}.gz failed ({'; '.join(failures) or 'no mirrors configured'})"
-            raise DataError(missing_message(name, root, reason))
         files[stem] = path
     return files
 
