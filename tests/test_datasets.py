@@ -410,7 +410,7 @@ def test_failed_write_leaves_no_temporary_file(
     monkeypatch.setattr(idx.os, "replace", failing_replace)
     with pytest.raises(DataError, match="could not write .*No space left on device"):
         load_dataset("mnist", root=isolated / "r")
-    assert not (isolated / "r").exists()  # nothing created before a download succeeds
+    assert list((isolated / "r" / "mnist").iterdir()) == []  # the download succeeded, the write failed: no temp file
 
 
 def test_download_of_real_mnist_bytes(
