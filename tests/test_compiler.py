@@ -276,3 +276,22 @@ def test_cuda_model_matches_cpu_model():
     assert any(step.fused_with for step in other.program)
     x = torch.randn(4, *spec.input)
     torch.testing.assert_close(other(x.to(device)).cpu(), cpu(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["foo", "meta", "", "tpu", "cuda:x", "cpu:0"])
+def test_compile_refuses_a_device_it_cannot_plan_for(tmp_path, capsys, device):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(MLP)
+    assert main(["compile", str(path), "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"device: cannot plan for device {device!r}; nnspec plans for cpu, cuda, cuda:N"
+    with pytest.raises(SpecError, match="cannot plan for device"):
+        nnspec.plan(loads_spec(MLP), device)
+
+
+def test_compile_plans_for_an_indexed_cuda_device(tmp_path, capsys):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(MLP)
+    assert main(["compile", str(path), "--device", "cuda:1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cuda:1"
