@@ -152,6 +152,20 @@ def test_superscript_digit_in_an_override_key_is_a_key_not_an_index(tmp_path: Pa
     assert "model.²" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("override, key", [
+    ('data.root="a\\0b"', "data.root"),
+    ('init={pretrained: {checkpoint: "run\\0x"}}', "init.pretrained.checkpoint"),
+])
+def test_nul_byte_in_a_path_override_is_a_located_error(tmp_path: Path, override: str, key: str):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_merge(BASE, {"data": {"dataset": "mnist"}, "input": [1, 28, 28],
+                                                 "model": ["flatten", {"linear": 10}]})))
+    with pytest.raises(SpecError) as info:
+        train(path, overrides=[override], out=tmp_path / "run", quiet=True)
+    assert f": {key}: a path cannot contain a NUL byte" in str(info.value), str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_error_lines_and_echoed_values_are_capped(tmp_path: Path):
     """A key of 200,000 characters (or a secrets file named by extends) never comes back whole."""
     secret = "s3cr3t-" * 40_000

@@ -92,7 +92,9 @@ def _data_findings(spec: Spec) -> list["Finding"]:
                     f"(channels, height, width) input; {', '.join(FLAT_AUGMENTATIONS)} works on any input"
                 )))
     for option, owners in _DATA_OPTION_OWNERS.items():
-        if getattr(data, option) is not None and data.dataset not in owners:
+        if getattr(data, option) is not None and "\x00" in getattr(data, option):
+            findings.append(_finding(("data", option), "a path cannot contain a NUL byte (\\0)"))
+        elif getattr(data, option) is not None and data.dataset not in owners:
             findings.append(_finding(("data", option), (
                 f"'{option}' does not apply to dataset '{data.dataset}'; only {' and '.join(owners)} use it"
             )))
@@ -123,6 +125,8 @@ def file_findings(spec: Spec, base_dir: Path) -> list["Finding"]:
     pretrained = spec.init.pretrained if spec.init is not None else None
     if pretrained is None:
         return []
+    if "\x00" in pretrained.checkpoint:
+        return [_finding(("init", "pretrained", "checkpoint"), "a path cannot contain a NUL byte (\\0)")]
     path = Path(pretrained.checkpoint)
     path = path if path.is_absolute() else base_dir / path
     try:
