@@ -409,16 +409,22 @@ def softmax_cross_entropy(
             )
     be = _dispatch.resolve(backend, logits.device)
     custom = _dispatch.use_custom_op(be, logits, target, weight)
-    if logits.device.type == "cpu" and not (custom and _dispatch.tracing(logits, target, weight)):
+    if custom and logits.device.type == "cpu" and not _dispatch.tracing(logits, target, weight):
         # On the CPU the values can be read for free: refuse out-of-range targets the way
         # PyTorch does, on every backend.  On CUDA that would be a host synchronisation, so
         # the Triton kernel makes such a row's loss NaN instead (see _ce_fwd_kernel).
         _check_target_range(target, logits.shape[1], ignore_index)
     if not custom:
-        loss = F.cross_entropy(
-            logits, target, weight=weight, ignore_index=ignore_index,
-            reduction=reduction, label_smoothing=label_smoothing,
-        )
+        try:
+            loss = F.cross_entropy(
+                logits, target, weight=weight, ignore_index=ignore_index,
+                reduction=reduction, label_smoothing=label_smoothing,
+            )
+        except IndexError:
+            # PyTorch's own range check fired (CPU): re-raise it with the message every
+            # backend gives - checked only now, so the eager path costs nothing extra.
+            _check_target_range(target, logits.shape[1], ignore_index)
+            raise
         if not return_correct:
             return loss
         hit = (logits.detach().argmax(dim=1) == target) & (target != ignore_index)
