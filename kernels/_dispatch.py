@@ -117,3 +117,13 @@ def use_custom_op(backend: str, *tensors) -> bool:
     if torch._C._len_torch_dispatch_stack() > 0 or torch._C._len_torch_function_stack() > 0:
         return True
     return not all(_plain(t) for t in tensors)
+
+
+def tracing(*tensors) -> bool:
+    """Whether any of ``tensors`` is a fake / functional / subclass tensor or a trace is
+    running: their values cannot be read, so value checks must be skipped."""
+    if torch.compiler.is_compiling():
+        return True
+    if torch._C._len_torch_dispatch_stack() > 0:
+        return True
+    return not all(_plain(t) for t in tensors)

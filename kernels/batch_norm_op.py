@@ -399,6 +399,9 @@ def forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentu
         new_rm = x.new_empty((0,), dtype=cdt)
         new_rv = x.new_empty((0,), dtype=cdt)
     if x.numel() == 0:
+        if update:  # no samples, nothing to learn from: the running statistics stay as they are
+            new_rm.copy_(running_mean)
+            new_rv.copy_(running_var)
         return y, mean.fill_(float("nan")), invstd.fill_(float("nan")), new_rm, new_rv
     acc = acc_dtype(x.dtype)
     n_lblocks, n_tiles, tps = plan.tiles()
@@ -435,7 +438,6 @@ def backward(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_
     c = x.shape[1]
     dev = x.device
     pdt = weight.dtype if weight is not None else x.dtype
-    dx = torch.empty_like(x) if need_x else empty_grad(x)
     dw = torch.empty(c, dtype=pdt, device=dev) if need_w else empty_grad(x)
     db = torch.empty(c, dtype=pdt, device=dev) if need_b else empty_grad(x)
     if x.numel() == 0:
@@ -443,8 +445,11 @@ def backward(grad_out, x, weight, save_mean, save_invstd, use_batch_stats, need_
             dw.zero_()
         if need_b:
             db.zero_()
-        return dx, dw, db
+        return torch.empty_like(x) if need_x else empty_grad(x), dw, db
     xs, sx = _addressable(x)
+    # dx takes the layout of the addressable x: empty_like(x) of a permuted view (one the
+    # forward had to copy) keeps its permuted strides, which no (N, C, L) view can address.
+    dx = torch.empty_like(xs) if need_x else empty_grad(x)
     dy = grad_out
     if dy.stride() != xs.stride():
         # Same layout as x, so one tile orientation is coalesced for both (this also
@@ -615,6 +620,7 @@ def batch_norm(
         if t is not None and t.numel() != c:
             raise ValueError(f"{name} must have {c} elements (one per channel), got {t.numel()}")
     use_batch_stats = bool(training) or running_mean is None
+    _check_scalars_and_dtypes(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps)
     if use_batch_stats and x.shape[0] * math.prod(x.shape[2:]) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
     be = _dispatch.resolve(backend, x.device)
@@ -630,6 +636,35 @@ def batch_norm(
         running_mean.copy_(new_rm)
         running_var.copy_(new_rv)
     return y
+
+
+def _check_scalars_and_dtypes(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps):
+    """Refuse, before any backend runs, what F.batch_norm refuses, so that the three backends
+    (eager PyTorch, the custom op on PyTorch, Triton) accept and refuse the same calls with
+    the same message.
+
+    * momentum and eps must be real numbers (``momentum=None``, nn.BatchNorm's cumulative
+      average, is the module's business: it passes the factor it computed).
+    * eps must be positive when batch statistics are used: var + 0 is 0 for a constant
+      channel, and 1/sqrt(0) turns the whole channel into inf/nan.
+    * weight, bias and the running statistics have x's dtype; bfloat16 / float16 inputs may
+      also keep them in float32 (mixed precision), as PyTorch allows - nothing else mixes.
+    """
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"batch_norm: {name} must be a float, got {type(value).__name__} {value!r}")
+    if use_batch_stats and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    allowed = {x.dtype}
+    if x.dtype in (torch.bfloat16, torch.float16):
+        allowed.add(torch.float32)
+    named = (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))
+    for name, t in named:
+        if t is not None and t.dtype not in allowed:
+            raise TypeError(
+                f"batch_norm: {name} is {t.dtype} but x is {x.dtype}; weight, bias and the running "
+                "statistics must have x's dtype (or float32 for bfloat16/float16 x)"
+            )
 
 
 # --------------------------------------------------------------------------- PyTorch reference
@@ -656,7 +691,17 @@ def reference_forward(x, weight, bias, running_mean, running_var, use_batch_stat
     shape = _bn_shape(x)
     empty = x.new_empty((0,), dtype=cdt)
     if use_batch_stats:
-        count = x.numel() // x.shape[1]
+        count = x.numel() // x.shape[1] if x.shape[1] else 0
+        if count == 0:
+            # An empty batch has no statistics (nan, like the kernels) and must leave the
+            # running ones untouched, as F.batch_norm does.
+            mean = xf.new_full((x.shape[1],), float("nan"))
+            invstd = mean.clone()
+            if running_mean is not None:
+                new_rm, new_rv = running_mean.clone(), running_var.clone()
+            else:
+                new_rm, new_rv = empty, empty.clone()
+            return torch.empty_like(x), mean, invstd, new_rm, new_rv
         mean = xf.mean(dim=dims)
         var = xf.var(dim=dims, unbiased=False)
         invstd = torch.rsqrt(var + eps)

@@ -78,6 +78,7 @@ def _ce_fwd_kernel(
     w_seen = tl.zeros((), ACC)           # sum of w_c seen so far
     best_val = tl.full((), neg_inf, ACC)
     best_idx = tl.zeros((), tl.int32)
+    seen_nan = tl.zeros((), tl.int32)
 
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
@@ -104,11 +105,20 @@ def _ce_fwd_kernel(
             smooth = smooth + tl.sum(w * tl.where(cmask, x - shift_new, 0.0), axis=0)
             w_seen = w_seen + tl.sum(w, axis=0)
         if COUNT_CORRECT:
-            blk_arg = tl.argmax(x, axis=0)
+            # torch.argmax counts NaN as the largest value (its first NaN wins), so a NaN
+            # logit is the prediction; once one is found nothing later can displace it.
+            nan_at = tl.min(tl.where(x != x, tl.arange(0, BLOCK_C), BLOCK_C), axis=0)
+            blk_nan = nan_at < BLOCK_C
+            clean = tl.where(x != x, neg_inf, x)
+            clean_max = tl.max(clean, axis=0)
+            blk_arg = tl.argmax(clean, axis=0)
             # strict '>' keeps the first maximum, as torch.argmax does
-            take = blk_max > best_val
+            take = (clean_max > best_val) & (seen_nan == 0)
             best_idx = tl.where(take, start + blk_arg, best_idx)
-            best_val = tl.where(take, blk_max, best_val)
+            best_val = tl.where(take, clean_max, best_val)
+            first_nan = blk_nan & (seen_nan == 0)
+            best_idx = tl.where(first_nan, start + nan_at, best_idx)
+            seen_nan = tl.where(blk_nan, 1, seen_nan)
         m = m_new
 
     shift = tl.where(m == neg_inf, 0.0, m)
@@ -129,6 +139,10 @@ def _ce_fwd_kernel(
         smooth_loss = w_seen * log_s - smooth
         loss = (1.0 - label_smoothing) * loss + (label_smoothing / C) * smooth_loss
     loss = tl.where(valid, loss, 0.0)
+    # A target outside [0, C) that is not ignore_index has no loss; PyTorch raises, which a
+    # kernel cannot do without a host synchronisation.  NaN makes the error visible (the
+    # loss and every reduction over it), and the training runner stops on a NaN loss.
+    loss = tl.where(valid & (in_range == 0), float("nan"), loss)
 
     tl.store(loss_ptr + row, loss)
     tl.store(stats_ptr + row, shift)
@@ -193,6 +207,7 @@ def _ce_bwd_kernel(
                 w = 1.0
             grad = grad + coef_smooth * (w_sum * p - w)
         grad = tl.where(valid, grad, 0.0)
+        grad = tl.where(valid & (in_range == 0), float("nan"), grad)  # see the forward
         tl.store(drow_ptr + cols, grad.to(dlogits_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -374,8 +389,10 @@ def softmax_cross_entropy(
         raise ValueError(
             f"target must be 1-D with N={logits.shape[0]} class indices, got shape {tuple(target.shape)}"
         )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+    if target.dtype not in (torch.int64, torch.uint8):
+        # F.cross_entropy's rule; casting int32 / int16 silently here would make this
+        # backend accept what the eager PyTorch one refuses.
+        raise ValueError(f"target must hold int64 (or uint8) class indices, got {target.dtype}")
     if target.dtype != torch.int64:
         target = target.long()
     if reduction not in _REDUCTIONS:
@@ -391,11 +408,23 @@ def softmax_cross_entropy(
                 "(neither is F.cross_entropy); pass weight.detach()"
             )
     be = _dispatch.resolve(backend, logits.device)
-    if not _dispatch.use_custom_op(be, logits, target, weight):
-        loss = F.cross_entropy(
-            logits, target, weight=weight, ignore_index=ignore_index,
-            reduction=reduction, label_smoothing=label_smoothing,
-        )
+    custom = _dispatch.use_custom_op(be, logits, target, weight)
+    if custom and logits.device.type == "cpu" and not _dispatch.tracing(logits, target, weight):
+        # On the CPU the values can be read for free: refuse out-of-range targets the way
+        # PyTorch does, on every backend.  On CUDA that would be a host synchronisation, so
+        # the Triton kernel makes such a row's loss NaN instead (see _ce_fwd_kernel).
+        _check_target_range(target, logits.shape[1], ignore_index)
+    if not custom:
+        try:
+            loss = F.cross_entropy(
+                logits, target, weight=weight, ignore_index=ignore_index,
+                reduction=reduction, label_smoothing=label_smoothing,
+            )
+        except IndexError:
+            # PyTorch's own range check fired (CPU): re-raise it with the message every
+            # backend gives - checked only now, so the eager path costs nothing extra.
+            _check_target_range(target, logits.shape[1], ignore_index)
+            raise
         if not return_correct:
             return loss
         hit = (logits.detach().argmax(dim=1) == target) & (target != ignore_index)
@@ -405,6 +434,16 @@ def softmax_cross_entropy(
         bool(return_correct), backend,
     )
     return (loss, correct) if return_correct else loss
+
+
+def _check_target_range(target: Tensor, c: int, ignore_index: int) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= c))
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise IndexError(
+            f"Target {int(target[first])} is out of bounds (row {first}: class indices must be in "
+            f"[0, {c}) or equal ignore_index={ignore_index})"
+        )
 
 
 # --------------------------------------------------------------------------- PyTorch reference

@@ -302,18 +302,27 @@ def _launch(tuned, raw, grid_tiles, *args, **kwargs):
         tuned[lambda meta: (grid_tiles(meta),)](*args, **kwargs)
 
 
+def _rows(x) -> int:
+    """M, the number of rows x (..., K) holds.  Counted from the leading dims, because
+    ``reshape(-1, K)`` cannot infer it when K (or N, for the gradient) is 0."""
+    m = 1
+    for size in x.shape[:-1]:
+        m *= size
+    return m
+
+
 def forward(x, weight, bias, slope):
     """Triton twin of :func:`reference_forward` -> (out, mask)."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
+    m = _rows(x)
+    x2 = x.reshape(m, k)
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     mask = torch.empty((m, n), dtype=torch.bool, device=x.device)
     if m > 0 and n > 0:
         if k == 0:  # empty reduction: the matmul is zero, only bias + activation remain
-            pre = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+            pre = torch.zeros((m, n), dtype=compute_dtype(x.dtype), device=x.device)
             if bias is not None:
-                pre = pre + bias.float()
+                pre = pre + bias.to(pre.dtype)
             out.copy_(torch.where(pre > 0, pre, pre * slope))
             mask.copy_(pre > 0)
         else:
@@ -336,8 +345,8 @@ def forward(x, weight, bias, slope):
 def backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
     """Triton twin of :func:`reference_backward` -> (dx, dW, db)."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
+    m = _rows(x)
+    x2 = x.reshape(m, k)
     dy = grad_out.reshape(m, n)
     mk = mask.reshape(m, n).view(torch.int8)
     prec = _precision(x.dtype)
@@ -511,9 +520,10 @@ def reference_forward(x, weight, bias, slope):
 def reference_backward(grad_out, mask, x, weight, slope, need_x, need_w, need_b):
     n = weight.shape[0]
     k = weight.shape[1]
+    m = _rows(x)
     g = torch.where(mask, grad_out, grad_out * slope)
-    g2 = g.reshape(-1, n)
-    x2 = x.reshape(-1, k)
+    g2 = g.reshape(m, n)
+    x2 = x.reshape(m, k)
     dx = (g2 @ weight).reshape(x.shape) if need_x else empty_grad(x)
     dw = (g2.t() @ x2).to(weight.dtype) if need_w else empty_grad(weight)
     db = g2.sum(0, dtype=compute_dtype(g2.dtype)).to(weight.dtype) if need_b else empty_grad(weight)

@@ -41,7 +41,21 @@ class Diagnostic:
         where = f"{self.position}: " if self.position else ""
         key = f"{self.path}: " if self.path else ""
         # Keep the one-line promise even when a message quotes user text (any line break).
-        return _LINE_BREAKS.sub(" ", f"{where}{key}{self.message}")
+        return clip_line(_LINE_BREAKS.sub(" ", f"{where}{key}{self.message}"))
+
+
+#: The longest error line printed.  Messages quote user values (keys, paths, scalars), and a
+#: spec may `extends` any file - a 200,000-character key, or a secrets file's contents,
+#: must not come back whole.
+MAX_LINE = 300
+
+
+def clip_line(line: str, limit: int = MAX_LINE) -> str:
+    """``line`` cut to ``limit`` characters, saying how much was left out."""
+    if len(line) <= limit:
+        return line
+    cut = len(line) - (limit - 40)
+    return f"{line[: limit - 40]}... ({cut:,} more characters)"
 
 
 class SpecError(Exception):

@@ -26,6 +26,29 @@ if "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+#: Test files whose tests need the real MNIST files (they skip without them).
+MNIST_TESTS = ("test_ablation_short.py", "test_datasets.py (real_mnist_files)", "test_train.py::test_short_mnist_run_learns")
+
+
+def mnist_status() -> str | None:
+    """Why the MNIST tests will skip, or None when the files are there."""
+    from nnspec.data.idx import DATA_ENV, locate_idx_files
+
+    if locate_idx_files("mnist") is not None:
+        return None
+    where = f"${DATA_ENV}={os.environ[DATA_ENV]}" if DATA_ENV in os.environ else f"${DATA_ENV} unset and {_SHARED} absent"
+    return f"MNIST files not found ({where}): skipping the real-data tests in {', '.join(MNIST_TESTS)}"
+
+
+def pytest_sessionstart(session) -> None:
+    """One line at the start of the session when the data tests will skip, so a green run
+    without the data is never mistaken for one that tested on it (shown with -q too)."""
+    message = mnist_status()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if message and reporter is not None:
+        reporter.write_line(f"nnspec: {message}")
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the duration of a test.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,22 @@ def test_penalized_weights_are_listed():
     assert all(row.penalized == [] for row in nnspec.plan(loads_spec(MLP)).rows)
 
 
+@pytest.mark.parametrize("extra, listed", [
+    ("regularization: {l2: 0.001}\n", True),
+    ("regularization: {l1: 0.001}\n", True),
+    ("regularization: {weight_decay: 0.01}\n", True),
+    ("optimizer: adamw\n", True),  # adamw decays by default (0.01)
+    ("optimizer: adamw\nregularization: {weight_decay: 0}\n", False),
+    ("optimizer: adam\n", False),
+    ("regularization: {l2: 0, l1: 0, weight_decay: 0}\n", False),
+])
+def test_penalized_column_follows_every_weight_penalty(extra, listed):
+    text = "nnspec: 1\nname: p\ninput: [6]\nmodel:\n  - linear: 4\n  - batch_norm\n  - linear: 2\n" + extra
+    rows = nnspec.plan(loads_spec(text)).rows
+    penalized = [name for row in rows for name in row.penalized]
+    assert penalized == (["linear_0.weight", "linear_2.weight"] if listed else [])
+
+
 # -- guards --------------------------------------------------------------------------
 
 
@@ -242,12 +259,39 @@ def test_compile_json(tmp_path, capsys):
     assert out["flops_per_sample"] == sum(node["flops"] for node in out["nodes"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs a CUDA GPU or Triton's interpreter",
+)
 def test_cuda_model_matches_cpu_model():
+    """The CUDA plan's model (Triton kernels) against the CPU one; without a GPU the same
+    kernels run on the CPU through Triton's interpreter (kernels="triton")."""
     spec = loads_spec(CNN)
     cpu = nnspec.build(spec, "cpu").eval()
-    cuda = nnspec.build(spec, "cuda").eval()
-    cuda.load_state_dict(cpu.state_dict())
+    if torch.cuda.is_available():
+        device, other = "cuda", nnspec.build(spec, "cuda").eval()
+    else:
+        device, other = "cpu", nnspec.build(spec, "cpu", kernels="triton").eval()
+    other.load_state_dict(cpu.state_dict())
+    assert any(step.fused_with for step in other.program)
     x = torch.randn(4, *spec.input)
-    torch.testing.assert_close(cuda(x.cuda()).cpu(), cpu(x), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(other(x.to(device)).cpu(), cpu(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["foo", "meta", "", "tpu", "cuda:x", "cpu:0"])
+def test_compile_refuses_a_device_it_cannot_plan_for(tmp_path, capsys, device):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(MLP)
+    assert main(["compile", str(path), "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"device: cannot plan for device {device!r}; nnspec plans for cpu, cuda, cuda:N"
+    with pytest.raises(SpecError, match="cannot plan for device"):
+        nnspec.plan(loads_spec(MLP), device)
+
+
+def test_compile_plans_for_an_indexed_cuda_device(tmp_path, capsys):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(MLP)
+    assert main(["compile", str(path), "--device", "cuda:1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cuda:1"

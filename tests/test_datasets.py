@@ -372,7 +372,7 @@ def test_download_rejects_bad_checksum_and_leaves_nothing(
     monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert not (isolated / "r").exists()  # nothing created before a download succeeds
 
 
 def test_download_rejects_non_gzip_payload(
@@ -383,7 +383,7 @@ def test_download_rejects_non_gzip_payload(
     monkeypatch.setattr(idx, "urlopen", FakeNetwork(served))
     with pytest.raises(DataError, match="not a valid gzip"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert not (isolated / "r").exists()  # nothing created before a download succeeds
 
 
 def test_offline_download_gives_one_complete_error(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,7 +410,7 @@ def test_failed_write_leaves_no_temporary_file(
     monkeypatch.setattr(idx.os, "replace", failing_replace)
     with pytest.raises(DataError, match="could not write .*No space left on device"):
         load_dataset("mnist", root=isolated / "r")
-    assert list((isolated / "r" / "mnist").iterdir()) == []
+    assert list((isolated / "r" / "mnist").iterdir()) == []  # the download succeeded, the write failed: no temp file
 
 
 def test_download_of_real_mnist_bytes(
@@ -602,7 +602,7 @@ def test_synthetic_is_learnable_by_a_tiny_mlp() -> None:
         ({"samples": 0}, "'samples' must be an integer >= 1"),
         ({"samples": True}, "'samples' must be an integer"),
         ({"classes": 1}, "'classes' must be an integer >= 2"),
-        ({"shape": [1, 8]}, "'shape' must be"),
+        ({"shape": [1, 2, 3, 4]}, "'shape' must be"),  # (C, L) is supported; four dims are not
         ({"shape": [0]}, "'shape' must be"),
         ({"noise": -1.0}, "'noise' must be"),
         ({"seed": -3}, "'seed' must be"),
@@ -752,3 +752,52 @@ def test_prepare_real_mnist(real_mnist: Dataset) -> None:
     assert splits.x_train.shape == (18000, 1, 28, 28) and splits.x_val.shape == (2000, 1, 28, 28)
     assert splits.x_test.shape == (1000, 1, 28, 28)
     assert abs(splits.x_train.mean().item()) < 0.05 and abs(splits.x_train.std().item() - 1.0) < 0.05
+
+
+# -- gzip bombs ----------------------------------------------------------------------------------
+
+
+def _idx_header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_gzip_bomb_stops_at_the_declared_size(tmp_path: Path) -> None:
+    """A small .gz that expands far past what its IDX header declares is refused after reading
+    one byte more than declared, not decompressed whole (that ended in a MemoryError)."""
+    bomb = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as handle:
+        handle.write(_idx_header(100))
+        zeros = bytes(1 << 20)
+        for _ in range(64):  # 64 MiB of zeros; the real one was 4 GiB
+            handle.write(zeros)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match="decompresses to more than the 108 bytes its IDX header declares"):
+        idx._read_content(bomb)
+
+
+def test_idx_header_declaring_gigabytes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(60000, 2000, 2000)))
+    with pytest.raises(DataError, match=r"declares dimensions \(60000, 2000, 2000\)"):
+        idx._read_content(path)
+
+
+def test_gzipped_idx_of_the_declared_size_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(5) + bytes([1, 2, 3, 4, 5])))
+    assert idx.parse_idx(idx._read_content(path), str(path)).tolist() == [1, 2, 3, 4, 5]
+
+
+def test_failed_download_creates_no_directories(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.root may point anywhere; nothing is created there until a download succeeded."""
+    def offline(url: str) -> bytes:
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(idx, "_fetch", offline)
+    root = isolated / "typo" / "deep" / "root"
+    with pytest.raises(DataError, match="downloading .* failed"):
+        load_dataset("mnist", root=root, download=True)
+    assert not (isolated / "typo").exists()
+    with pytest.raises(DataError):
+        load_dataset("mnist", download=True)  # the default cache under HOME: not created either
+    assert not any((isolated / "home").iterdir())

@@ -22,6 +22,7 @@ import torch
 from nnspec.train import train
 from nnspec.train import checkpoint as ckpt
 from nnspec.train.distributed import Dist, shard
+from nnspec.train.loop import rank_batches
 
 SPEC = """\
 nnspec: 1
@@ -84,10 +85,19 @@ def test_shards_partition_each_global_batch(batch: int, world: int):
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_reweighted_shard_losses_average_to_the_global_mean():
-    """What DDP's gradient average sees: mean over ranks of (shard mean * shard size * world / batch)."""
-    losses = torch.rand(25, dtype=torch.float64)
-    world = 2
-    parts = [shard(losses, Dist(rank, world)) for rank in range(world)]
-    weighted = [p.mean() * len(p) * world / len(losses) for p in parts]
-    assert torch.isclose(sum(weighted) / world, losses.mean())
+@pytest.mark.parametrize(("samples", "batch", "world"), [(25, 25, 2), (53, 10, 2), (53, 10, 3), (31, 4, 4)])
+def test_reweighted_shard_losses_average_to_the_global_mean(samples: int, batch: int, world: int):
+    """What DDP's gradient average sees, from the runner's own rank_batches: for every step,
+    the mean over ranks of (loss weight * shard mean) is the global batch's mean - also for
+    a short last batch split unevenly."""
+    losses = torch.rand(samples, dtype=torch.float64)
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
+    per_rank = [rank_batches(order, batch, Dist(rank, world)) for rank in range(world)]
+    global_batches = order.split(batch)
+    assert all(len(steps) == len(global_batches) for steps in per_rank)
+    for step, indices in enumerate(global_batches):
+        mine = [per_rank[rank][step] for rank in range(world)]
+        assert torch.equal(torch.cat([rows for rows, _ in mine]), indices)
+        weighted = [weight * losses[rows].mean() for rows, weight in mine if len(rows)]
+        assert torch.isclose(sum(weighted) / world, losses[indices].mean()), step
+    assert [weight for _, weight in rank_batches(order, batch, Dist(0, 1))] == [1.0] * len(global_batches)

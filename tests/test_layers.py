@@ -10,6 +10,8 @@ batch statistics are covered) and in eval mode.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -287,6 +289,12 @@ def test_state_dict_keys_do_not_depend_on_device_or_kernels(text):
     torch_kernels.load_state_dict(cpu.state_dict())
     x = torch.randn(3, *spec.input)
     torch.testing.assert_close(torch_kernels.eval()(x), cpu.eval()(x))
+    # ... and the CUDA-lowered model computes the same function with those weights (its
+    # Triton kernels run here through the interpreter, or on the GPU when there is one).
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        got = cuda.to(device).eval()(x.to(device)).cpu()
+        torch.testing.assert_close(got, cpu.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 def test_plan_modules_match_built_modules():

@@ -187,7 +187,7 @@ def test_parse_override_columns():
 
 
 @settings(max_examples=40, deadline=None)
-@given(epochs=st.integers(min_value=1, max_value=100_000), seed=st.integers(min_value=-(2**31), max_value=2**31))
+@given(epochs=st.integers(min_value=1, max_value=100_000), seed=st.integers(min_value=0, max_value=2**62 - 1))
 def test_integer_overrides_round_trip(epochs: int, seed: int):
     spec = spec_with(f"train.epochs={epochs}", f"train.seed={seed}")
     assert (spec.train.epochs, spec.train.seed) == (epochs, seed)

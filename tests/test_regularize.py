@@ -122,12 +122,35 @@ def test_clip_value_bounds_every_element_and_returns_none() -> None:
 
 
 def test_both_clips_hold_together() -> None:
-    spec = spec_with("{clip_grad_norm: 2.0, clip_grad_value: 0.01}")
+    """Norm clipping first, then value clipping - and each one bites: the gradients below
+    are what neither clip alone, nor the two in the other order, would leave."""
+    spec = spec_with("{clip_grad_norm: 2.0, clip_grad_value: 0.05}")
     model = build(spec)
-    raw = set_grads(model, 1.0)
-    assert clip_gradients(spec, model) == pytest.approx(raw, rel=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator) * 0.2
+    raw = [p.grad.clone() for p in model.parameters()]
+    raw_norm = torch.cat([g.flatten() for g in raw]).norm().item()
+
+    def clipped(order: str) -> list[torch.Tensor]:
+        params = [nn.Parameter(torch.zeros_like(g)) for g in raw]
+        for param, g in zip(params, raw):
+            param.grad = g.clone()
+        for step in order:
+            if step == "n":
+                torch.nn.utils.clip_grad_norm_(params, 2.0)
+            else:
+                torch.nn.utils.clip_grad_value_(params, 0.05)
+        return [param.grad for param in params]
+
+    expected = clipped("nv")
+    for other in ("n", "v", "vn"):  # every alternative leaves different gradients
+        assert any(not torch.allclose(a, b) for a, b in zip(clipped(other), expected)), other
+    assert clip_gradients(spec, model) == pytest.approx(raw_norm, rel=1e-5)
+    for param, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(param.grad, want)
     assert total_norm(model) <= 2.0 + 1e-5
-    assert max(p.grad.abs().max().item() for p in model.parameters()) <= 0.01 + 1e-9
+    assert max(p.grad.abs().max().item() for p in model.parameters()) <= 0.05 + 1e-9
 
 
 def test_no_clipping_leaves_gradients() -> None:

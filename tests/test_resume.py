@@ -79,7 +79,12 @@ def interrupt_at(monkeypatch, global_step: int) -> None:
     monkeypatch.setattr(EpochLog, "add", add)
 
 
-def test_resume_mid_epoch_after_ctrl_c_is_bit_identical(spec_file: Path, tmp_path: Path, monkeypatch):
+def test_resume_mid_epoch_after_ctrl_c_is_bit_identical(tmp_path: Path, monkeypatch):
+    # The final weights must be the ones trained after the interrupt: with restore_best the
+    # run would end on the best epoch's weights (epoch 1, before the interrupt), and the
+    # test would pass whatever the resume got wrong.
+    spec_file = tmp_path / "last-epoch.yaml"
+    spec_file.write_text(SPEC.replace("early_stopping: {patience: 50}", "early_stopping: {patience: 50, restore_best: false}"))
     reference = tmp_path / "reference"
     expected = train(spec_file, out=reference, quiet=True)
 
@@ -90,9 +95,12 @@ def test_resume_mid_epoch_after_ctrl_c_is_bit_identical(spec_file: Path, tmp_pat
     monkeypatch.undo()
     state = ckpt.load_state(stopped / ckpt.STATE)
     assert (state["cursor"]["epoch"], state["cursor"]["step"]) == (1, 7)
+    at_interrupt = ckpt.load_weights(stopped / ckpt.WEIGHTS)
 
     resumed = train(spec_file, resume=stopped, quiet=True)
     assert_same_weights(reference, stopped)
+    final = ckpt.load_weights(stopped / ckpt.WEIGHTS)
+    assert any(not torch.equal(final[name], at_interrupt[name]) for name in final)
     assert resumed["test_loss"] == expected["test_loss"]
     # metrics.jsonl holds each epoch once, the resumed epoch included.
     lines = (stopped / "metrics.jsonl").read_text().splitlines()

@@ -223,13 +223,14 @@ def test_schedule_as_a_list_of_forms():
 
 
 def test_augment_and_init_take_the_forms():
-    augment = ["hflip", {"hflip": 0.3}, {"hflip": {"p": 0.3}}, {"type": "hflip", "p": 0.3}]
+    # gaussian_noise: the one augmentation a flat (4,) input can take
+    augment = ["gaussian_noise", {"gaussian_noise": 0.3}, {"gaussian_noise": {"std": 0.3}}, {"type": "gaussian_noise", "std": 0.3}]
     init = {"linear": {"normal": 0.02}, "conv2d": "xavier_uniform", "layers": {"head": {"type": "normal", "std": 0.02}}}
     data = spec_data([4], {"linear": 10, "name": "head"}, data={"dataset": "synthetic", "augment": augment}, init=init)
     for spec in load_three_ways(data):
         first, *rest = spec.data.augment
-        assert first.type == "hflip" and first.p == 0.5
-        assert rest[0] == rest[1] == rest[2] and rest[0].p == 0.3
+        assert first.type == "gaussian_noise" and first.std == 0.1
+        assert rest[0] == rest[1] == rest[2] and rest[0].std == 0.3
         assert spec.init.linear == spec.init.layers["head"]
         assert spec.init.linear.std == 0.02 and spec.init.conv2d.type == "xavier_uniform"
 

@@ -16,7 +16,7 @@ from nnspec.compiler.ir import TORCH, from_shaped
 from nnspec.compiler.loss import SpecLoss
 from nnspec.compiler.lower import lower_modules
 from nnspec.compiler.modules import SpecModel
-from nnspec.compiler.passes import FUSED_CROSS_ENTROPY, KernelPolicy, run_passes, use_triton
+from nnspec.compiler.passes import FUSED_CROSS_ENTROPY, KernelPolicy, check_plannable, run_passes, use_triton
 from nnspec.compiler.plan import Plan, PlanRow, plan_rows
 from nnspec.errors import SpecError
 from nnspec.spec import Spec, load_spec
@@ -56,6 +56,7 @@ def build_loss(spec: Spec | str | Path, device: str | torch.device = "cpu", kern
 
 def plan(spec: Spec | str | Path, device: str = "cpu", kernels: KernelPolicy = "auto") -> Plan:
     """What ``build`` runs on ``device``: one row per node, plus a loss row when the spec has a loss."""
+    device = check_plannable(device)
     spec = _spec(spec)
     nodes = _nodes(spec, device, kernels)
     rows = plan_rows(nodes, spec)

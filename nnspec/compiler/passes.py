@@ -8,10 +8,11 @@ where the fallback is faster than anything the Triton interpreter could do.
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 
 from nnspec.compiler.ir import TORCH, Node
-from nnspec.errors import SpecError
+from nnspec.errors import SpecError, short_repr
 from nnspec.spec.layers import BatchNorm, LeakyReLU, Linear, ReLU
 
 KernelPolicy = Literal["auto", "torch", "triton"]
@@ -19,6 +20,21 @@ KernelPolicy = Literal["auto", "torch", "triton"]
 FUSED_LINEAR = "triton:linear_leaky_relu"
 FUSED_BATCH_NORM = "triton:batch_norm"
 FUSED_CROSS_ENTROPY = "triton:softmax_cross_entropy"
+
+
+#: The devices a plan can be made for (no GPU is needed to plan for cuda).
+PLANNABLE_DEVICES = ("cpu", "cuda", "cuda:N")
+_CUDA_INDEX = re.compile(r"cuda:[0-9]+")
+
+
+def check_plannable(device: object) -> str:
+    """``device`` as a string, or SpecError when no plan can be made for it (tpu, meta, '')."""
+    text = str(device)
+    if text in ("cpu", "cuda") or _CUDA_INDEX.fullmatch(text):
+        return text
+    raise SpecError.single(
+        f"cannot plan for device {short_repr(text)}; nnspec plans for {', '.join(PLANNABLE_DEVICES)}", path="device"
+    )
 
 
 def use_triton(device: str, kernels: KernelPolicy) -> bool:

@@ -78,7 +78,11 @@ class Plan:
 
 def _penalized(node: Node, spec: Spec) -> list[str]:
     reg = spec.regularization
-    weighted = reg.l2 > 0 or reg.l1 > 0 or bool(reg.weight_decay) or (spec.optimizer is not None and spec.optimizer.type == "adamw")
+    adamw = spec.optimizer is not None and spec.optimizer.type == "adamw"
+    # weight_decay unset means adamw's default (0.01, see train.optim.weight_decay_of);
+    # an explicit 0 switches decay off for adamw too.
+    decays = reg.weight_decay > 0 if reg.weight_decay is not None else adamw
+    weighted = reg.l2 > 0 or reg.l1 > 0 or decays
     if weighted and isinstance(node.shaped.layer, PENALIZED_KINDS):
         return [f"{node.shaped.module}.weight"]
     return []

@@ -230,15 +230,16 @@ def _int_setting(config: Mapping[str, Any], key: str, minimum: int) -> int:
 
 
 def _shape_setting(value: Any) -> tuple[int, ...]:
-    """The per-sample shape: [features] or [channels, height, width]."""
+    """The per-sample shape: [features], [channels, length] or [channels, height, width] -
+    every input shape a spec can declare."""
     ok = (
         isinstance(value, (list, tuple))
-        and len(value) in (1, 3)
+        and len(value) in (1, 2, 3)
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
     )
     if not ok:
         raise DataError(
-            f"synthetic dataset setting 'shape' must be [features] or [channels, height, width] "
+            f"synthetic dataset setting 'shape' must be [features], [channels, length] or [channels, height, width] "
             f"with positive integers, got {value!r}"
         )
     return tuple(int(v) for v in value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import hashlib
 import math
 import http.client
@@ -183,19 +184,62 @@ def idx_source(name: str) -> IdxSource:
 # --------------------------------------------------------------------------
 
 
+#: The largest IDX payload accepted (MNIST's training images are 47 MB uncompressed).
+MAX_IDX_BYTES = 1 << 30
+
+
+def _declared_size(header: bytes, source: str) -> int | None:
+    """Total bytes (header + data) an IDX header declares; None when it is not an IDX header
+    (parse_idx then reports what is wrong)."""
+    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] == 0:
+        return None
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return None
+    dims = struct.unpack(f">{ndim}I", header[4:4 + 4 * ndim])
+    data = math.prod(dims)
+    if data > MAX_IDX_BYTES:
+        raise DataError(
+            f"{source} declares dimensions {dims} ({data:,} bytes), more than the {MAX_IDX_BYTES:,} an IDX "
+            "dataset file may hold; it is corrupt or not an MNIST-format file"
+        )
+    return 4 + 4 * ndim + data
+
+
 def _decompress(raw: bytes, source: str) -> bytes:
-    """Gunzip ``raw``; a broken stream becomes a DataError naming the file."""
+    """Gunzip ``raw``, reading no more than the IDX header inside declares (plus one byte).
+
+    Why not gzip.decompress: a small .gz can expand to gigabytes (a "gzip bomb", or plain
+    corruption), and decompressing it whole ends in a MemoryError.  The header tells how
+    big the file must be, so reading stops one byte past that and reports the excess.
+    """
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            header = stream.read(4)
+            if len(header) == 4 and header[:3] == b"\x00\x00\x08":
+                header += stream.read(4 * header[3])
+            declared = _declared_size(header, source)
+            if declared is None:  # not IDX: keep a bounded prefix for parse_idx's message
+                return header + stream.read(64)
+            content = header + stream.read(declared - len(header) + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"{source} is not a valid gzip file or is truncated ({exc}); delete it and provide a fresh copy"
         ) from None
+    if len(content) > declared:
+        raise DataError(
+            f"{source} decompresses to more than the {declared:,} bytes its IDX header declares "
+            "(a damaged file or a gzip bomb); delete it and provide a fresh copy"
+        )
+    return content
 
 
 def _read_content(path: Path) -> bytes:
     """The uncompressed bytes of a plain or ``.gz`` file."""
     try:
+        size = path.stat().st_size
+        if size > MAX_IDX_BYTES:
+            raise DataError(f"{path} is {size:,} bytes, more than an IDX dataset file may hold ({MAX_IDX_BYTES:,})")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}; check that it exists and is readable") from None
@@ -313,14 +357,47 @@ def _try_mirror(url: str, expected_md5: str) -> tuple[bytes | None, str]:
     return raw, ""
 
 
-def _download_file(source: IdxSource, stem: str, target: Path) -> tuple[Path | None, list[str]]:
-    """Download one verified file into ``target``; returns its path or the per-mirror failures."""
+def _download_file(source: IdxSource, stem: str) -> tuple[bytes | None, list[str]]:
+    """One verified file's .gz bytes from the first mirror that has it, or the per-mirror failures."""
     failures: list[str] = []
     for mirror in source.mirrors:
         data, why = _try_mirror(f"{mirror}{stem}.gz", source.md5[stem])
-        if data is None:
-            failures.append(why)
+        if data is not None:
+            return data, []
+        failures.append(why)
+    return None, failures
+
+
+def download_idx(name: str, root: str | Path | None) -> dict[str, Path]:
+    """Download the missing files of ``name`` into its folder under root or the cache.
+
+    Nothing is created on disk until every missing file has been downloaded and verified: a
+    failed download (no network, a typo in ``root``) must not leave directories behind,
+    wherever ``root`` pointed.
+    """
+    source = idx_source(name)
+    target = (Path(root).expanduser() if root is not None else default_cache_dir()) / source.folders[0]
+    files: dict[str, Path] = {}
+    fetched: dict[str, bytes] = {}
+    for stem in IDX_FILES:
+        existing = next((p for p in (target / stem, target / f"{stem}.gz") if p.is_file()), None)
+        if existing is not None:
+            files[stem] = existing
             continue
+        data, failures = _download_file(source, stem)
+        if data is None:
+            reason = f"downloading {stem}.gz failed ({'; '.join(failures) or 'no mirrors configured'})"
+            raise DataError(missing_message(name, root, reason))
+        fetched[stem] = data
+    if not fetched:
+        return files
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create download directory {target}: {exc.strerror or exc}; pass a writable root"
+        ) from None
+    for stem, data in fetched.items():
         path = target / f"{stem}.gz"
         try:
             _write_atomic(path, data)
@@ -329,27 +406,6 @@ def _download_file(source: IdxSource, stem: str, target: Path) -> tuple[Path | N
                 f"downloaded {stem}.gz but could not write it to {target}: {exc.strerror or exc}; "
                 "make the directory writable or pass another root"
             ) from None
-        return path, []
-    return None, failures
-
-
-def download_idx(name: str, root: str | Path | None) -> dict[str, Path]:
-    """Download the missing files of ``name`` into its folder under root or the cache."""
-    source = idx_source(name)
-    target = (Path(root).expanduser() if root is not None else default_cache_dir()) / source.folders[0]
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create download directory {target}: {exc.strerror or exc}; pass a writable root"
-        ) from None
-    files: dict[str, Path] = {}
-    for stem in IDX_FILES:
-        existing = next((p for p in (target / stem, target / f"{stem}.gz") if p.is_file()), None)
-        path, failures = (existing, []) if existing is not None else _download_file(source, stem, target)
-        if path is None:
-            reason = f"downloading {stem}.gz failed ({'; '.join(failures) or 'no mirrors configured'})"
-            raise DataError(missing_message(name, root, reason))
         files[stem] = path
     return files
 

@@ -31,7 +31,9 @@ Width = Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]
 KernelSize = Annotated[int, Field(strict=True, ge=1, le=MAX_KERNEL)]
 Stride = Annotated[int, Field(strict=True, ge=1, le=MAX_KERNEL)]
 Padding = Annotated[int, Field(strict=True, ge=0, le=MAX_KERNEL)]
-Number = Annotated[float, Field(strict=True)]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+#: Largest float32: parameters initialised from a spec value are float32 tensors.
+FLOAT32_MAX = 3.4028234663852886e38
 Flag = Annotated[bool, Field(strict=True)]
 LayerName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$", max_length=64)]
 
@@ -285,7 +287,8 @@ class PReLU(_Elementwise):
 
     type: Literal["prelu"] = "prelu"
     main: ClassVar[str] = "init"
-    init: Number = 0.25
+    init: Annotated[float, Field(strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)] = Field(
+        0.25, description="initial slope (a float32 parameter)")
 
     def param_count(self, shape: Shape) -> int:
         return shape[0]

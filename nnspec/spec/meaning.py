@@ -35,6 +35,7 @@ from nnspec.spec.layers import (
     fmt,
 )
 from nnspec.spec.model import Spec
+from nnspec.spec.runnable import runnable_findings
 from nnspec.spec.shapes import ShapedLayer, infer_shapes, walk
 
 #: Classes per dataset whose label count is fixed (npz is unknown until loaded;
@@ -72,6 +73,7 @@ def meaning_findings(spec: Spec) -> list[Finding]:
     findings += _data_findings(spec, shaped)
     findings += _schedule_findings(spec)
     findings += _init_findings(spec, shaped)
+    findings += runnable_findings(spec, shaped)
     return findings
 
 

@@ -70,7 +70,8 @@ def parse_override(text: str) -> Override:
     parts = key.strip().split(".")
     if any(not part for part in parts):
         raise _malformed(text, f"empty component in key '{key.strip()}'")
-    path = tuple(int(part) if part.isdigit() else part for part in parts)
+    # ASCII digits only: str.isdigit() is also true for "²" and "①", which int() refuses.
+    path = tuple(int(part) if part.isascii() and part.isdigit() else part for part in parts)
     return Override(text, path, value, len(key) + 2)
 
 

@@ -15,6 +15,8 @@ positions of its values come from reading the same text as YAML flow style.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,19 +370,45 @@ def _find_key(text: str, key: str, second: bool) -> Position | None:
 
 
 def read_text(path: Path, shown: str) -> str:
+    """The file's text, reading only a regular file and at most MAX_FILE_BYTES of it.
+
+    The size cap is enforced on the bytes actually read, not on what ``stat`` says:
+    /proc files report size 0 and can be endless.  The file is opened non-blocking, so a
+    FIFO or a device that would wait for data (``/proc/kmsg``) fails at once instead of
+    hanging; anything that is not a regular file is refused before it is read.
+    """
+    where = Position(shown, 1, 1)
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise SpecError.single("no such file", position=Position(shown, 1, 1)) from None
+        raise SpecError.single("no such file", position=where) from None
+    except ValueError:  # a NUL byte in the name
+        raise SpecError.single("file name contains a NUL byte", position=where) from None
     except OSError as exc:
-        raise SpecError.single(f"cannot read: {exc.strerror}", position=Position(shown, 1, 1)) from None
-    if not path.is_file():
-        raise SpecError.single("not a file", position=Position(shown, 1, 1))
-    if size > MAX_FILE_BYTES:
-        raise SpecError.single(
-            f"file is {size} bytes; specs are limited to {MAX_FILE_BYTES}", position=Position(shown, 1, 1)
-        )
-    raw = path.read_bytes()
+        raise SpecError.single(f"cannot read: {exc.strerror}", position=where) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SpecError.single("not a file (a directory)", position=where)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError.single("not a regular file", position=where)
+        if info.st_size > MAX_FILE_BYTES:
+            raise SpecError.single(f"file is {info.st_size} bytes; specs are limited to {MAX_FILE_BYTES}", position=where)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_FILE_BYTES:
+            raise SpecError.single(f"file is larger than {MAX_FILE_BYTES} bytes, the limit for specs", position=where)
+    except OSError as exc:
+        raise SpecError.single(f"cannot read: {exc.strerror}", position=where) from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -425,20 +453,37 @@ def load_document(path: str | Path, _chain: tuple[Path, ...] = ()) -> Document:
     where = doc.position_of(("extends",))
     if not isinstance(extends, str) or not extends:
         raise SpecError.single("must be a path to another spec file", position=where, path="extends")
-    base_path = (path.parent / extends).resolve()
-    chain = _chain + (path.resolve(),)
+    shown_extends = short_repr(extends, 60)
+    try:
+        base_path = (path.parent / extends).resolve()
+        chain = _chain + (path.resolve(),)
+        found = base_path.is_file()
+        special = not found and base_path.exists()  # a directory, FIFO, device, socket
+    except ValueError:  # pathlib's "embedded null byte"
+        raise SpecError.single(f"{shown_extends} is not a usable path: it contains a NUL byte",
+                               position=where, path="extends") from None
+    except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
+        raise SpecError.single(f"{shown_extends} is not a usable path: a loop of symbolic links",
+                               position=where, path="extends") from None
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES, ...
+        raise SpecError.single(f"{shown_extends} is not a usable path: {exc.strerror}",
+                               position=where, path="extends") from None
     if base_path in chain:
         cycle = " -> ".join(p.name for p in chain[chain.index(base_path):] + (base_path,))
-        raise SpecError.single(f"'{extends}' closes a cycle of 'extends' ({cycle})", position=where, path="extends")
+        raise SpecError.single(f"{shown_extends} closes a cycle of 'extends' ({cycle})", position=where, path="extends")
     if len(chain) >= MAX_EXTENDS_CHAIN:
         raise SpecError.single(f"more than {MAX_EXTENDS_CHAIN} files chained by 'extends'", position=where)
-    if not base_path.is_file():
-        raise SpecError.single(f"'{extends}' not found (looked at {base_path})", position=where, path="extends")
+    if special:
+        raise SpecError.single(f"{shown_extends} is not a regular file ({short_repr(str(base_path), 80)})",
+                               position=where, path="extends")
+    if not found:
+        looked = short_repr(str(base_path), 80)
+        raise SpecError.single(f"{shown_extends} not found (looked at {looked})", position=where, path="extends")
     # Read the base by the path the user can follow from here, so that every error
     # in it (syntax, its own `extends`, its values) names the file the same way.
     base = load_document(_display_path(base_path), chain)
     if not isinstance(base.data, dict):
-        raise SpecError.single(f"'{extends}' is not a spec mapping", position=where, path="extends")
+        raise SpecError.single(f"{shown_extends} is not a spec mapping", position=where, path="extends")
     overlay = {k: v for k, v in doc.data.items() if k != "extends"}
     overlay_positions = {p: pos for p, pos in doc.positions.items() if p[:1] != ("extends",)}
     return merge_documents(base, Document(overlay, doc.file, overlay_positions))

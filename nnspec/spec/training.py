@@ -19,6 +19,9 @@ from nnspec.spec.kinds import Kind, KindsOf, shorthand_validator
 PositiveFloat = Annotated[float, Field(strict=True, gt=0.0)]
 NonNegFloat = Annotated[float, Field(strict=True, ge=0.0)]
 Probability = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+#: Seeds are offset per generator and per ensemble member; 2**62 leaves room under torch's 64 bits.
+MAX_SEED = 1 << 62
+Seed = Annotated[int, Field(strict=True, ge=0, lt=MAX_SEED)]
 Flag = Annotated[bool, Field(strict=True)]
 
 
@@ -197,7 +200,7 @@ class WarmupSchedule(Kind):
 
     type: Literal["warmup"] = "warmup"
     main: ClassVar[str] = "epochs"
-    epochs: PositiveFloat = 1.0
+    epochs: Annotated[float, Field(strict=True, gt=0.0, le=100_000)] = Field(1.0, description="fractions allowed; at most train.epochs' limit")
     start_factor: Annotated[float, Field(strict=True, gt=0.0, le=1.0)] = 0.01
 
 
@@ -232,7 +235,14 @@ class RandomErase(Kind):
     type: Literal["random_erase"] = "random_erase"
     main: ClassVar[str] = "p"
     p: Probability = 0.5
-    scale: tuple[Probability, Probability] = (0.02, 0.33)
+    scale: tuple[Probability, Probability] = Field((0.02, 0.33), description="(min, max) share of the image erased")
+
+    @model_validator(mode="after")
+    def _scale_is_a_range(self) -> "RandomErase":
+        low, high = self.scale
+        if not 0.0 < low <= high:
+            raise ValueError(f"scale must be [min, max] with 0 < min <= max <= 1, got [{low}, {high}]")
+        return self
 
 
 class GaussianNoise(Kind):
@@ -246,9 +256,13 @@ AugmentSpec, AUGMENT_TYPES = kinds_union(
 )
 
 
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+FinitePositive = Annotated[float, Field(strict=True, gt=0.0, allow_inf_nan=False)]
+
+
 class Normalize(Section):
-    mean: Annotated[float, Field(strict=True)] | list[Annotated[float, Field(strict=True)]]
-    std: PositiveFloat | list[PositiveFloat]
+    mean: FiniteFloat | list[FiniteFloat]
+    std: FinitePositive | list[FinitePositive]
 
 
 class SyntheticData(Section):
@@ -257,7 +271,7 @@ class SyntheticData(Section):
     samples: Annotated[int, Field(strict=True, ge=2, le=1_000_000)] = 512
     test_samples: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 128
     classes: Annotated[int, Field(strict=True, ge=2, le=1000)] = 10
-    seed: Annotated[int, Field(strict=True)] = 0
+    seed: Seed = 0
 
 
 class DataSection(Section):
@@ -288,7 +302,7 @@ class TrainSection(Section):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 64
     eval_batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 1000
     shuffle: Flag = True
-    seed: Annotated[int, Field(strict=True)] = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only)")
     kernels: Literal["auto", "torch", "triton"] = Field("auto", description="auto = Triton on CUDA, PyTorch on CPU")

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from nnspec.errors import Diagnostic, Position, SpecError, did_you_mean, dotted, short_repr
 from nnspec.spec.kinds import Kind, KindsOf, ShorthandError, canonical_kind, strip_annotated
 from nnspec.spec.meaning import meaning_findings
+from nnspec.spec.runnable import file_findings
 from nnspec.spec.model import Spec
 from nnspec.spec.search import search_problems
 from nnspec.spec.shapes import infer_shapes
@@ -29,8 +30,18 @@ _PLACEHOLDER = object()  # stands in for a value that failed to canonicalize
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read, resolve ``extends``, validate and shape-check a spec file. Raises SpecError."""
-    return validate_document(load_document(path))
+    """Read, resolve ``extends``, validate and shape-check a spec file, and check that the
+    files it names exist (relative to the spec's directory). Raises SpecError."""
+    spec = validate_document(load_document(path))
+    check_files(spec, Path(path).resolve().parent)
+    return spec
+
+
+def check_files(spec: Spec, base_dir: Path) -> None:
+    """The files a spec names (``init.pretrained.checkpoint``) exist, or SpecError at their line."""
+    findings = file_findings(spec, base_dir)
+    if findings:
+        raise SpecError([Diagnostic(spec.position_of(f.path), dotted(f.path), f.message) for f in findings])
 
 
 def loads_spec(text: str, *, fmt: str = "yaml", file: str = "<string>") -> Spec:

@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from nnspec.train import integrity
+
 __all__ = [
     "WEIGHTS",
     "STATE",
@@ -84,18 +86,48 @@ def _cpu_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state_dict.items()}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, corrupted, or not what it should be."""
+
+
+def _write_checked(path: str | Path, payload: bytes) -> None:
+    """Atomically replace ``path`` and record its checksum (see integrity.py)."""
+    integrity.write_checked(Path(path), payload, atomic_write_text,
+                            lambda target, data: atomic_write(target, lambda handle: handle.write(data)))
+
+
+def _read_checked(path: str | Path) -> bytes:
+    path = Path(path)
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        integrity.verify(path, payload)
+    except integrity.IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
+    return payload
+
+
 def save_weights(
     path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
 ) -> None:
     """Write a state_dict as safetensors, atomically; ``metadata`` values are stored as strings."""
     meta = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
-    payload = safetensors_save(_cpu_tensors(state_dict), metadata=meta)
-    atomic_write(path, lambda handle: handle.write(payload))
+    _write_checked(path, safetensors_save(_cpu_tensors(state_dict), metadata=meta))
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file into a state_dict on ``device``."""
-    tensors = safetensors_load(Path(path).read_bytes())
+    """Read a safetensors file into a state_dict on ``device`` (verified against its checksum).
+
+    Raises CheckpointError for a file that is unreadable, corrupted or not safetensors.
+    """
+    payload = _read_checked(path)
+    try:
+        tensors = safetensors_load(payload)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError (and others)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({detail[:120]})") from None
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
@@ -103,16 +135,45 @@ def save_state(path: str | Path, state: Mapping[str, Any]) -> None:
     """``torch.save`` the resume state, atomically (serialized in memory first, then one write)."""
     buffer = io.BytesIO()
     torch.save({"format": STATE_FORMAT, **state}, buffer)
-    payload = buffer.getvalue()
-    atomic_write(path, lambda handle: handle.write(payload))
+    _write_checked(path, buffer.getvalue())
+
+
+#: What ``state.pt`` must hold, and the type of each entry.
+STATE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": int, "spec_name": str, "member": (int, type(None)), "world_size": int, "cursor": dict, "model": dict,
+    "optimizer": dict, "schedule": dict, "early_stopping": (dict, type(None)), "ranks": list,
+}
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Read ``state.pt`` (tensors, numbers, strings only: ``weights_only`` loading, no pickled code)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read ``state.pt`` (tensors, numbers, strings only: ``weights_only`` loading, no pickled code).
+
+    Raises CheckpointError for anything that is not a complete state written by this version.
+    """
+    payload = _read_checked(path)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError, ... all mean "not a state"
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {detail})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (it holds a {type(state).__name__}, not a mapping)")
     if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+        raise CheckpointError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise CheckpointError(f"{path} is incomplete or damaged: missing or malformed {', '.join(wrong)}")
     return state
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files a kill in the middle of :func:`atomic_write` left behind."""
+    removed = []
+    for name in (WEIGHTS, STATE, integrity.CHECKSUMS):
+        for temp in Path(directory).glob(f".{name}.*.tmp"):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
 
 
 # -- random number generators ------------------------------------------------

@@ -76,6 +76,11 @@ def evaluate_models(models: Sequence[nn.Module], loss_fn: nn.Module, x: Tensor, 
 def _weight_files(spec: Spec, checkpoint: Path) -> list[Path]:
     """The weights file(s) a checkpoint argument points at: one per ensemble member."""
     if checkpoint.is_file():
+        if checkpoint.name == ckpt.STATE or checkpoint.suffix != ".safetensors":
+            hint = (f"{ckpt.STATE} is the resume state, not the published weights; "
+                    if checkpoint.name == ckpt.STATE else "")  # fmt: skip
+            raise RunError(f"{checkpoint}: {hint}give the run directory ({checkpoint.parent}) or its "
+                           f"{ckpt.WEIGHTS}", exit_code=2)  # fmt: skip
         if spec.ensemble is not None:
             raise RunError(f"{checkpoint}: an ensemble needs its run directory (member_*/{ckpt.WEIGHTS})", exit_code=2)
         return [checkpoint]
@@ -98,7 +103,11 @@ def _weight_files(spec: Spec, checkpoint: Path) -> list[Path]:
 def _load_model(spec: Spec, path: Path, device: torch.device) -> nn.Module:
     model = build(spec, device, spec.train.kernels)
     try:
-        model.load_state_dict(ckpt.load_weights(path, device))
+        weights = ckpt.load_weights(path, device)
+    except ckpt.CheckpointError as exc:
+        raise RunError(f"cannot evaluate: {exc}", exit_code=2) from None
+    try:
+        model.load_state_dict(weights)
     except (RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise RunError(f"{path} does not fit this spec's model: {first}", exit_code=2) from None

@@ -111,7 +111,17 @@ def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
     n = len(rows) if rows is not None else len(data.y_train)
     steps_per_epoch = math.ceil(n / batch_size)
     learner = make_learner(run, member, steps_per_epoch)
+    if dist.is_main:
+        ckpt.remove_stale_temps(member.directory)  # left by a kill in the middle of a checkpoint write
     resuming = (member.directory / ckpt.STATE).exists()
+    if not resuming and (member.directory / ckpt.WEIGHTS).exists():
+        # Weights without the resume state: state.pt was deleted (or lost).  Training on would
+        # silently start over from scratch over a run that may have finished.
+        raise RunError(
+            f"cannot resume {member.directory}: it has {ckpt.WEIGHTS} but no {ckpt.STATE}, so there is no state "
+            "to continue from and training would restart from scratch; start a new run (--out) instead",
+            exit_code=2,
+        )
     cursor = load_checkpoint(run, member, learner) if resuming else Cursor()
     run.histories[member.index] = cursor.history
     if cursor.finished(epochs):

@@ -21,7 +21,7 @@ from nnspec.errors import Diagnostic, SpecError, dotted
 from nnspec.spec.model import Spec
 from nnspec.spec.overrides import apply_overrides
 from nnspec.spec.source import Document, load_document
-from nnspec.spec.validate import validate_document
+from nnspec.spec.validate import check_files, validate_document
 
 
 class RunError(Exception):
@@ -43,7 +43,9 @@ def resolve_spec(spec: Spec | str | Path, overrides: Sequence[str] = ()) -> tupl
         return validate_document(apply_overrides(doc, list(overrides))), Path.cwd()
     path = Path(spec)
     doc = apply_overrides(load_document(path), list(overrides))
-    return validate_document(doc), path.resolve().parent
+    validated, base_dir = validate_document(doc), path.resolve().parent
+    check_files(validated, base_dir)
+    return validated, base_dir
 
 
 def _absolute(value: str | None, base_dir: Path) -> str | None:

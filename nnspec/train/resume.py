@@ -34,6 +34,17 @@ def save_checkpoint(run: Run, member: Member, learner: Learner, cursor: Cursor, 
         return
     weights = learner.model.state_dict()
     meta = {"spec": run.spec.name, "epoch": cursor.epoch, "step": cursor.step, "global_step": cursor.global_step}
+    try:
+        _write_checkpoint(member, weights, meta, learner, run, cursor, ranks)
+    except OSError as exc:  # a full disk, a read-only or vanished directory: the machine's problem
+        raise RunError(
+            f"cannot write the checkpoint in {member.directory}: {exc.strerror or exc}; the previous checkpoint "
+            "is intact (free some space, then continue with --resume)", exit_code=1,
+        ) from None
+
+
+def _write_checkpoint(member: Member, weights: dict, meta: dict, learner: Learner, run: Run, cursor: Cursor,
+                      ranks: list) -> None:  # fmt: skip
     ckpt.save_weights(member.directory / ckpt.WEIGHTS, weights, meta)
     ckpt.save_state(member.directory / ckpt.STATE, {
         "spec_name": run.spec.name,
@@ -53,8 +64,17 @@ def load_checkpoint(run: Run, member: Member, learner: Learner) -> Cursor:
     path = member.directory / ckpt.STATE
     try:
         state = ckpt.load_state(path)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise RunError(f"cannot resume from {path}: {exc}", exit_code=2) from None
+    except ckpt.CheckpointError as exc:
+        raise RunError(f"cannot resume: {exc}", exit_code=2) from None
+    try:
+        return _restore(run, learner, state, path)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"cannot resume from {path}: it does not fit this run ({type(exc).__name__}: {detail})",
+                       exit_code=2) from None
+
+
+def _restore(run: Run, learner: Learner, state: dict, path: Path) -> Cursor:
     if state["spec_name"] != run.spec.name:
         raise RunError(f"{path} belongs to spec '{state['spec_name']}', not '{run.spec.name}'", exit_code=2)
     if state["world_size"] != run.dist.world_size:
@@ -67,6 +87,9 @@ def load_checkpoint(run: Run, member: Member, learner: Learner) -> Cursor:
     learner.schedule.load_state_dict(state["schedule"])
     if learner.stopper is not None and state["early_stopping"] is not None:
         learner.stopper.load_state_dict(state["early_stopping"])
+    if len(state["ranks"]) != run.dist.world_size:
+        raise RunError(f"cannot resume from {path}: it holds {len(state['ranks'])} rank state(s) for "
+                       f"{run.dist.world_size} process(es)", exit_code=2)
     mine = state["ranks"][run.dist.rank]
     ckpt.restore_rng(mine["rng"], learner.generators)
     cursor = Cursor(**state["cursor"], tally=mine["tally"])
