@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nnspec.cli import main
-from nnspec.train import RunError, evaluate, train
+from nnspec.train import RunError, train
 from nnspec.train import checkpoint as ckpt
 from nnspec.train import integrity
 

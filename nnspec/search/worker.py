@@ -37,7 +37,6 @@ from nnspec.search.study import (
     DIRECTORY, ERROR, HOST, ROUND, SECONDS, SURPLUS, VALUES, Standing, make_pruner, make_sampler, open_study,
     worker_seed,
 )  # fmt: skip
-from nnspec.spec.model import Spec
 from nnspec.spec.search import SearchSection
 
 #: How often a worker that waits for others' trials looks again, in seconds.
