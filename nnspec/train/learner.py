@@ -53,6 +53,7 @@ class Run:
     progress: Progress
     stop: "StopSignal"
     histories: dict[int | None, list[dict[str, Any]]] = field(default_factory=dict)
+    resume_hint: str = ""  # the command that continues this run (printed on Ctrl-C)
 
     @property
     def bf16(self) -> bool:

@@ -222,7 +222,7 @@ def _interrupt(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
         save_checkpoint(run, member, learner, cursor, log)
     if run.dist.is_main:  # printed even when quiet: it says how to get the work back
         print(f"nnspec: interrupted at epoch {cursor.epoch + 1}, step {cursor.step}; checkpoint saved. "
-              f"Continue with: nnspec train SPEC --resume {run.directory}", file=sys.stderr, flush=True)  # fmt: skip
+              f"Continue with: {run.resume_hint}", file=sys.stderr, flush=True)  # fmt: skip
     raise KeyboardInterrupt
 
 

@@ -20,6 +20,7 @@ from nnspec.train.learner import Cursor, Learner, Member, Run, StopSignal, membe
 from nnspec.train.loop import fit
 from nnspec.train.progress import Progress
 from nnspec.train.resolve import Data, RunError
+from nnspec.train.threads import ThreadChoice
 
 
 def members(spec: Spec, directory: Path) -> list[Member]:
@@ -30,15 +31,20 @@ def members(spec: Spec, directory: Path) -> list[Member]:
 
 
 def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, dist: D.Dist, data: Data,
-             quiet: bool) -> dict[str, Any]:  # fmt: skip
-    """Train every member of one run directory, evaluate, and write the summary."""
+             quiet: bool, resume_hint: str = "", threads: ThreadChoice | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train every member of one run directory, evaluate, and write the summary.
+
+    ``resume_hint`` is the command that continues the run, printed on Ctrl-C;
+    ``threads`` is how its thread count was chosen (recorded in the summary).
+    """
     wall = time.perf_counter()
     progress = Progress(enabled=not quiet and dist.is_main, world_size=dist.world_size)
     if dist.is_main:
         directory.mkdir(parents=True, exist_ok=True)
         report.write_spec(directory, spec)
     with StopSignal(dist) as stop:
-        run = Run(spec, base_dir, directory, device, dist, data, progress, stop)
+        run = Run(spec, base_dir, directory, device, dist, data, progress, stop,
+                  resume_hint=resume_hint or f"nnspec train --resume {directory}")
         try:
             fitted = [fit(run, member) for member in members(spec, directory)]
         except RunError as exc:
@@ -47,6 +53,8 @@ def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, 
                                                  "seed": spec.train.seed})  # fmt: skip
             raise
     summary = _summarize(run, fitted, time.perf_counter() - wall)
+    if threads is not None:
+        summary.update(threads.to_json())
     if dist.is_main:
         records = [r for history in run.histories.values() for r in history]
         report.write_metrics(directory, records)
