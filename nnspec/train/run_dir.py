@@ -59,7 +59,7 @@ def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, 
         records = [r for history in run.histories.values() for r in history]
         report.write_metrics(directory, records)
         report.write_summary(directory, summary)
-        report.plot_curves(directory, records)
+        report.plot_curves(directory, records, summary)
         if not quiet:
             print(f"\n{spec.name} (seed {spec.train.seed}) -> {directory}\n{report.final_table(summary)}")
     return summary
