@@ -32,9 +32,10 @@ COMMAND_WORDS = {"nnspec", "python", "python3", "torchrun", "pip"}
 TINY_TRAIN = ["--set", "train.epochs=1", "--set", "data.train_samples=512", "--set", "data.test_samples=512",
               "--set", "data.val=64"]  # fmt: skip
 #: Added to every `nnspec bench` run: the smallest shapes and short timings; kernel runs also time one kernel
-#: against eager PyTorch only (torch.compile alone takes minutes on a CPU).
+#: against eager PyTorch only, model runs the plain torch variant (torch.compile alone takes minutes on a CPU).
 TINY_BENCH = ["--suite", "tiny", "--budget", "0.01"]
 TINY_KERNELS = ["--only", "batch_norm", "--peers", "eager"]
+TINY_MODELS = ["--variants", "torch"]
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _bench_args(args: list[str]) -> list[str]:
     args = [a for a in args if a != "--quick"]  # --quick's shapes take minutes here; tiny ones run the same code
     if args[:1] == ["compare"]:
         return args
-    return args + TINY_BENCH + (TINY_KERNELS if args[:1] != ["models"] else []) + ["--out", "BENCH_OUT"]
+    return args + TINY_BENCH + (TINY_MODELS if args[:1] == ["models"] else TINY_KERNELS) + ["--out", "BENCH_OUT"]
 
 
 def all_examples() -> list[Example]:
