@@ -162,7 +162,7 @@ def _stop_writing_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
-    except BrokenPipeError:  # also from --help: every command's output may go to `head`
+    except BrokenPipeError:  # every command's output may go to `head`
         _stop_writing_stdout()
         return EXIT_BROKEN_PIPE
 

@@ -256,11 +256,39 @@ def test_train_without_a_spec_or_resume_is_a_usage_error(capsys):
 # -- closed pipes -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["compile", "specs/deep_mlp.yaml"], ["schema"], ["compile", "--help"]])
-def test_output_piped_into_head_ends_quietly(args):
-    command = f"{sys.executable} -m nnspec {' '.join(args)} | head -1"
+@pytest.mark.parametrize("spec", ["specs/deep_mlp.yaml", "specs/mnist_cnn.yaml"])
+def test_output_piped_into_head_ends_quietly(spec):
+    command = f"{sys.executable} -m nnspec compile {spec} | head -1"
     proc = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 1 and proc.stderr == "", proc.stderr
+
+
+class ClosedPipe(io.TextIOBase):
+    """A stdout whose reader has gone: every write fails as it does after `| head` exits."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@pytest.mark.parametrize("args", [["compile", "specs/mlp.yaml", "--json"], ["schema"], ["validate", "specs/mlp.yaml"]])
+def test_every_command_stops_quietly_when_its_reader_has_gone(args, monkeypatch, capsys):
+    """Deterministic where a real pipe races: output that fits the pipe's buffer may never see EPIPE."""
+    read_end, write_end = os.pipe()
+    try:
+        monkeypatch.chdir(REPO)
+        monkeypatch.setattr(sys, "stdout", ClosedPipe(write_end))
+        assert main(args) == 141
+        assert capsys.readouterr().err == ""
+        os.write(write_end, b"x")  # stdout's descriptor now points at /dev/null: a late flush cannot fail
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 # -- the model's input shape ---------------------------------------------------------------------
