@@ -18,7 +18,7 @@ import torch
 import nnspec
 from nnspec.cli import main
 from nnspec.spec import loads_spec
-from nnspec.train import RunError, evaluate, train
+from nnspec.train import evaluate, train
 from nnspec.train import threads as T
 from nnspec.train.epoch_log import EpochLog
 from nnspec.train.progress import LOG_EVERY_S, Progress, format_duration

@@ -127,15 +127,16 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
             spec_paths = []
         elif folder is None:
             spec_paths = []
-            notes.append(f"model suite skipped: no specs/ folder here or beside the installed package (an installed "
-                         f"wheel ships none), so {', '.join(wanted)} could not be found; run from a checkout, or "
-                         f"pass --specs SPEC… or use `nnspec bench models SPEC…`.")  # fmt: skip
+            notes.append(f"model suite skipped: no specs/ folder here or beside the installed package (an "
+                         f"installed wheel ships none), so {', '.join(wanted)} could not be found; run from a "
+                         f"checkout, or pass --specs SPEC… or use `nnspec bench models SPEC…`.")  # fmt: skip
         else:
             spec_paths = [str(folder / s) for s in wanted]
             missing = [p for p in spec_paths if not Path(p).is_file()]
             if missing:
-                notes.append(f"model suite: {', '.join(missing)} not found, so {'it was' if len(missing) == 1 else 'they were'} "
-                             f"skipped; pass --specs SPEC… to choose the specs.")  # fmt: skip
+                were = "it was" if len(missing) == 1 else "they were"
+                notes.append(f"model suite: {', '.join(missing)} not found, so {were} skipped; "
+                             f"pass --specs SPEC… to choose the specs.")  # fmt: skip
             spec_paths = [p for p in spec_paths if p not in missing]
     else:
         spec_paths = []
