@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from nnspec.train import evaluate
     from nnspec.train.evaluation import result_table
 
-    # -q hides warnings and progress only: the metrics are what eval is for.
+    # -q never hides the metrics: they are what eval is for (it has no progress to hide).
     result = evaluate(args.spec, checkpoint=args.checkpoint, overrides=args.set, quiet=True)
     print(result_table(result))
     return 0
@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="torch CPU threads (same as --set train.threads=N); default: the spec's "
                                 "train.threads, 'auto' (1 for small steps, more for large ones)")  # fmt: skip
         else:
-            p.add_argument("-q", "--quiet", action="store_true", help="no warnings (the metrics are always printed)")
+            p.add_argument("-q", "--quiet", action="store_true",
+                           help="accepted like train's -q; eval shows no progress and always prints its metrics")  # fmt: skip
             p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or weights file)")
         p.set_defaults(run=run)
 
