@@ -112,6 +112,7 @@ def test_reports_go_to_bench_reports_in_the_current_directory_not_the_checkout(t
     assert "/bench-reports/" in (REPO / ".gitignore").read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_a_model_suite_without_spec_files_says_so_in_the_report(tmp_path, monkeypatch):
     """From an installed wheel there is no specs/ folder: the report must say the model section is missing."""
     monkeypatch.chdir(tmp_path)
