@@ -185,7 +185,7 @@ def _title(history: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | No
 
 
 def curves_figure(history: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> Any:
-    """The figure of curves.png: loss (per bin of steps, and per epoch) and accuracy per epoch.
+    """The figure of curves.png: loss and accuracy, train within epochs (bins of steps) and per epoch, val per epoch.
 
     The x axis counts epochs (integer ticks) from 0, so a one-epoch run shows
     its loss falling within the epoch instead of two dots on an axis from
