@@ -205,3 +205,18 @@ def test_the_page_examples_run(page, tmp_path):
             failures.append(f"{example.where}: `{example.text}` exited {result.returncode}:\n"
                             f"{(result.stderr or result.stdout)[-1500:]}")  # fmt: skip
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_readme_plan_table_is_what_compile_prints(capsys):
+    """The README shows `nnspec compile specs/mlp.yaml`'s output; it must be the real output, line numbers included."""
+    from nnspec.cli import main
+
+    readme = (REPO / "README.md").read_text()
+    shown = re.search(r"`nnspec compile specs/mlp\.yaml` shows exactly.*?```\n(.*?)```", readme, re.S).group(1)
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        assert main(["compile", "specs/mlp.yaml"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert capsys.readouterr().out == shown
