@@ -207,16 +207,12 @@ def test_the_page_examples_run(page, tmp_path):
     assert not failures, "\n\n".join(failures)
 
 
-def test_the_readme_plan_table_is_what_compile_prints(capsys):
+def test_the_readme_plan_table_is_what_compile_prints(capsys, monkeypatch):
     """The README shows `nnspec compile specs/mlp.yaml`'s output; it must be the real output, line numbers included."""
     from nnspec.cli import main
 
     readme = (REPO / "README.md").read_text()
     shown = re.search(r"`nnspec compile specs/mlp\.yaml` shows exactly.*?```\n(.*?)```", readme, re.S).group(1)
-    cwd = os.getcwd()
-    try:
-        os.chdir(REPO)
-        assert main(["compile", "specs/mlp.yaml"]) == 0
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(REPO)
+    assert main(["compile", "specs/mlp.yaml"]) == 0
     assert capsys.readouterr().out == shown
