@@ -2,13 +2,16 @@
 
 Exit codes: 0 success; 1 a run failed (e.g. the loss went non-finite);
 2 bad input (spec, override, data) — reported one line per problem, never a
-traceback; 130 interrupted (a resumable checkpoint is left behind).
+traceback; 130 interrupted (a resumable checkpoint is left behind); 141 the
+reader of our output went away (``nnspec compile … | head``): like other Unix
+tools, we then stop quietly instead of printing a BrokenPipeError traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +19,7 @@ from typing import Callable, Sequence
 from nnspec import __version__
 from nnspec.errors import SpecError
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 
 
 def _print_warnings(spec) -> None:
@@ -69,14 +72,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from nnspec.train import train
 
-    train(args.spec, overrides=args.set, out=args.out, resume=args.resume, seeds=args.seeds, quiet=args.quiet)
+    overrides = list(args.set)
+    if args.threads is not None:  # --threads N is --set train.threads=N: validated and recorded like one
+        overrides.append(f"train.threads={args.threads}")
+    train(args.spec, overrides=overrides, out=args.out, resume=args.resume, seeds=args.seeds, quiet=args.quiet)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from nnspec.train import evaluate
+    from nnspec.train.evaluation import result_table
 
-    evaluate(args.spec, checkpoint=args.checkpoint, overrides=args.set, quiet=args.quiet)
+    # -q never hides the metrics: they are what eval is for (it has no progress to hide).
+    result = evaluate(args.spec, checkpoint=args.checkpoint, overrides=args.set, quiet=True)
+    print(result_table(result))
     return 0
 
 
@@ -123,15 +132,21 @@ def _parser() -> argparse.ArgumentParser:
         ("eval", "evaluate a trained run's checkpoint on the test set", cmd_eval),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("spec", metavar="SPEC")
+        p.add_argument("spec", metavar="SPEC", nargs="?", default=None,
+                       help="the spec file (default: the run's own spec.yaml, in DIR)")  # fmt: skip
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a spec value (YAML syntax), e.g. --set optimizer.lr=0.1; repeatable")  # fmt: skip
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         if name == "train":
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
             p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
             p.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
             p.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat with N seeds; report mean ± std")
+            p.add_argument("--threads", metavar="N|auto", default=None,
+                           help="torch CPU threads (same as --set train.threads=N); default: the spec's "
+                                "train.threads, 'auto' (1 for small steps, more for large ones)")  # fmt: skip
         else:
+            p.add_argument("-q", "--quiet", action="store_true",
+                           help="accepted like train's -q; eval shows no progress and always prints its metrics")  # fmt: skip
             p.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or weights file)")
         p.set_defaults(run=run)
 
@@ -161,9 +176,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_writing_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null, so that the flush at interpreter exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured, closed): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # every command's output may go to `head`
+        _stop_writing_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and args.spec is None and args.resume is None:
+        parser.error("train needs a SPEC (or --resume DIR, which reuses the run's own spec.yaml)")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -21,7 +21,10 @@ ABLATION = Path(__file__).resolve().parents[1] / "specs" / "ablation"
 FLOORS = {"baseline": 0.20, "bce": 0.35, "leaky_relu": 0.70, "adam": 0.75, "layer_norm": 0.70, "combined": 0.80}
 SHORT = ["data.train_samples=10000", "data.test_samples=2000", "train.epochs=1"]
 
-pytestmark = pytest.mark.skipif(locate_idx_files("mnist") is None, reason="MNIST files not found (set NNSPEC_DATA)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(locate_idx_files("mnist") is None, reason="MNIST files not found (set NNSPEC_DATA)"),
+]
 
 
 @pytest.fixture(scope="module")

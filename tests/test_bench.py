@@ -56,6 +56,7 @@ def quick(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
 # --------------------------------------------------------------------------- the quick report
 
 
+@pytest.mark.slow
 def test_quick_report_has_machine_info(quick):
     _, report, _ = quick
     assert report["format_version"] == FORMAT_VERSION
@@ -73,6 +74,7 @@ def test_quick_report_has_machine_info(quick):
     assert report["duration_s"] > 0
 
 
+@pytest.mark.slow
 def test_quick_report_kernel_rows(quick):
     _, report, _ = quick
     rows = report["kernels"]
@@ -103,6 +105,7 @@ def test_quick_report_kernel_rows(quick):
             assert all(v > 0 for v in r["speedup"].values()), where
 
 
+@pytest.mark.slow
 def test_quick_report_models_and_interpreter(quick):
     _, report, _ = quick
     rows = {r["variant"]: r for r in report["models"]}
@@ -121,6 +124,7 @@ def test_quick_report_models_and_interpreter(quick):
         assert all(c["ok"] for c in checks), checks
 
 
+@pytest.mark.slow
 def test_quick_report_files(quick):
     out, report, proc = quick
     md = (out / "report.md").read_text()
@@ -137,6 +141,7 @@ def test_quick_report_files(quick):
 # --------------------------------------------------------------------------- compare
 
 
+@pytest.mark.slow
 def test_compare_identical_reports_pass(quick, capsys):
     out, _, _ = quick
     path = str(out / "report.json")
@@ -144,6 +149,7 @@ def test_compare_identical_reports_pass(quick, capsys):
     assert "0 regression(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_flags_injected_regression(quick, tmp_path, capsys):
     out, report, _ = quick
     slow = copy.deepcopy(report)
@@ -161,6 +167,7 @@ def test_compare_flags_injected_regression(quick, tmp_path, capsys):
     assert C.main(b, a, threshold_pct=5, fail_on_regression=True) == 0
 
 
+@pytest.mark.slow
 def test_compare_flags_rows_that_stopped_passing(quick, tmp_path):
     out, report, _ = quick
     broken = copy.deepcopy(report)
@@ -175,6 +182,7 @@ def test_compare_flags_rows_that_stopped_passing(quick, tmp_path):
     assert C._model_key(slow_model) in flagged
 
 
+@pytest.mark.slow
 def test_compare_cli(quick, tmp_path):
     out, report, _ = quick
     slow = copy.deepcopy(report)
@@ -245,6 +253,7 @@ def _check_blocked(proc: subprocess.CompletedProcess, out: Path) -> None:
     assert (out / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_kernel_suite_runs_without_pydantic_as_module(tmp_path):
     """``PYTHONPATH=. python -m nnspec.bench kernels`` with pydantic unimportable.
 
@@ -259,6 +268,7 @@ def test_kernel_suite_runs_without_pydantic_as_module(tmp_path):
     _check_blocked(proc, out)
 
 
+@pytest.mark.slow
 def test_old_module_path_still_runs_the_kernel_suite_without_pydantic(tmp_path):
     """``python -m nnspec.runner.bench`` (the 0.1 layout, documented then) still works, for one release."""
     proc, out = _blocked(tmp_path, "alias", str(REPO))
@@ -266,6 +276,7 @@ def test_old_module_path_still_runs_the_kernel_suite_without_pydantic(tmp_path):
     assert "nnspec.runner.bench is now nnspec.bench" in proc.stderr
 
 
+@pytest.mark.slow
 def test_kernel_suite_runs_without_pydantic_as_script(tmp_path):
     """``python nnspec/bench/__main__.py kernels`` with pydantic unimportable."""
     proc, out = _blocked(tmp_path, "script", str(REPO / "nnspec" / "bench" / "__main__.py"))

@@ -83,7 +83,7 @@ def test_compile_table(capsys):
     line = next(i for i, text in enumerate(MLP.read_text().splitlines(), 1) if "linear: 200" in text)
     assert row.split()[2:8] == [str(line), "linear+leaky_relu", "torch", "(200,)", "157,000", "314,000"]
     total = next(line for line in lines if line.startswith("total"))
-    assert total.split()[1:] == ["159,410", "319,010"]
+    assert total.split()[1:] == ["159,410", "319,050"]  # the loss row adds 40 (4 per class)
     assert "triton" not in out
 
 
@@ -101,9 +101,9 @@ def test_compile_json_matches_the_table(capsys):
     code, out, _ = run_main(capsys, "compile", str(MLP), "--json")
     assert code == 0
     plan = json.loads(out)
-    assert plan["params"] == 159_410 and plan["flops_per_sample"] == 319_010
+    assert plan["params"] == 159_410 and plan["flops_per_sample"] == 319_050
     assert [node["module"] for node in plan["nodes"]] == [
-        "flatten_0", "linear_1+leaky_relu_2", "layer_norm_3", "dropout_4", "linear_5",
+        "flatten_0", "linear_1+leaky_relu_2", "layer_norm_3", "dropout_4", "linear_5", "cross_entropy",
     ]  # fmt: skip
 
 

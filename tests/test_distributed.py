@@ -43,6 +43,7 @@ def metrics(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path):
     spec_file = tmp_path / "dp.yaml"
     spec_file.write_text(SPEC)

@@ -19,6 +19,7 @@ def test_every_loop_times_its_epochs_after_the_warm_up() -> None:
         assert len(timing.wall) == len(timing.cpu) == 1 and timing.wall[0] > 0  # the warm-up epoch is dropped
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_its_table(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "nnspec.bench.overhead", "--case", "tiny", "--repeats", "1", "--epochs", "2"],

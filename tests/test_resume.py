@@ -197,6 +197,7 @@ def long_reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.slow
 def test_killed_process_resumes_bit_identical(spec_file: Path, tmp_path: Path, long_reference: Path, how: str):
     out = tmp_path / "killed"
     process = start(spec_file, out)

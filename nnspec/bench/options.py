@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
                    help="small shapes, about 2 minutes on a 2-core CPU (same as --suite quick)")  # fmt: skip
     g.add_argument("--suite", choices=SUITE_NAMES, default=d(None),
                    help="shape set; default: 'default' (bench) or 'full' (bench kernels) on CUDA, 'quick' on a CPU")
-    g.add_argument("--out", metavar="DIR", default=d(None), help="report folder (default reports/<device>-<date>/)")
+    g.add_argument("--out", metavar="DIR", default=d(None), help="report folder (default bench-reports/<device>-<date>/ in the current directory)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d("auto"))
     g.add_argument("--threads", type=int, default=d(None), metavar="N",
                    help="torch threads (CPU timing); default: torch's current setting")  # fmt: skip
@@ -112,6 +112,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m nnspec.bench") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Benchmark nnspec's kernels and compiled specs.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    command = [prog, *(sys.argv[1:] if argv is None else argv)]
-    return run(args, command)
+    try:
+        args = parser.parse_args(argv)
+        command = [prog, *(sys.argv[1:] if argv is None else argv)]
+        return run(args, command)
+    except BrokenPipeError:  # `… | head`: stop quietly, as Unix tools do (see nnspec.cli)
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

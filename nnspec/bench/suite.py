@@ -37,14 +37,20 @@ def _specs_dir() -> Path | None:
     return repo if repo.is_dir() else None
 
 
+#: Where reports go without --out: a folder of the current directory, never the source tree's reports/
+#: (which holds the committed reports; a run there showed up as untracked files in the checkout).
+DEFAULT_OUT_ROOT = Path("bench-reports")
+
+
 def default_out_dir(slug: str, command: str | None, suite: str) -> Path:
+    """``bench-reports/<device>[-kernels|-models][-<suite>]-<date>[-N]``, the first that holds no report yet."""
     date = _dt.date.today().isoformat()
     parts = [slug]
     if command in ("kernels", "models"):
         parts.append(command)
     if suite != "default" and command != "models":
         parts.append(suite)
-    base = Path("reports") / "-".join(parts + [date])
+    base = DEFAULT_OUT_ROOT / "-".join(parts + [date])
     out, n = base, 2
     while (out / "report.json").exists():
         out = base.with_name(f"{base.name}-{n}")
@@ -115,13 +121,24 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
     elif do_models:
         given = _opt(args, "specs")
         folder = _specs_dir()
+        wanted = SPECS_QUICK if suite == "quick" else SPECS_DEFAULT
         if given:
             spec_paths = list(given)
-        elif suite == "tiny" or folder is None:
+        elif suite == "tiny":
             spec_paths = []
+        elif folder is None:
+            spec_paths = []
+            notes.append(f"model suite skipped: no specs/ folder here or beside the installed package (an "
+                         f"installed wheel ships none), so {', '.join(wanted)} could not be found; run from a "
+                         f"checkout, or pass --specs SPEC… or use `nnspec bench models SPEC…`.")  # fmt: skip
         else:
-            spec_paths = [str(folder / s) for s in (SPECS_QUICK if suite == "quick" else SPECS_DEFAULT)]
-            spec_paths = [p for p in spec_paths if Path(p).is_file()]
+            spec_paths = [str(folder / s) for s in wanted]
+            missing = [p for p in spec_paths if not Path(p).is_file()]
+            if missing:
+                were = "it was" if len(missing) == 1 else "they were"
+                notes.append(f"model suite: {', '.join(missing)} not found, so {were} skipped; "
+                             f"pass --specs SPEC… to choose the specs.")  # fmt: skip
+            spec_paths = [p for p in spec_paths if p not in missing]
     else:
         spec_paths = []
 

@@ -8,6 +8,7 @@ it as one Triton kernel. The children are the same either way, so the
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -125,5 +126,26 @@ class SpecModel(Chain):
         self.spec_name = name
         self.input_shape = input_shape
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The model knows its input: a wrong shape is named here, in the spec's terms, rather than
+        # several layers in as "mat1 and mat2 shapes cannot be multiplied (16x25 and 400x120)".
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(input_shape_message(self.spec_name, self.input_shape, tuple(x.shape)))
+        return super().forward(x)
+
     def extra_repr(self) -> str:
         return f"spec={self.spec_name!r}, input={self.input_shape}"
+
+
+def _shape(dims: tuple[int, ...] | tuple[str | int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def input_shape_message(name: str, expected: tuple[int, ...], got: tuple[int, ...]) -> str:
+    """``mnist-cnn: expected input (N, 1, 28, 28), got (1, 28, 28)``, with a hint for the usual mistakes."""
+    message = f"{name}: expected input {_shape(('N', *expected))}, got {_shape(got)}"
+    if got == tuple(expected):
+        return message + "; a single sample needs a batch dimension: model(x.unsqueeze(0))"
+    if len(got) >= 1 and math.prod(got[1:]) == math.prod(expected):
+        return message + f"; the values per sample match: reshape with x.reshape(len(x), {', '.join(map(str, expected))})"
+    return message

@@ -67,6 +67,9 @@ class Spec(BaseModel):
     @field_validator("nnspec", mode="before")
     @classmethod
     def _known_version(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == str(FORMAT_VERSION):
+            raise ValueError(f"the format version is the number {FORMAT_VERSION}, not the string {short_repr(value)}: "
+                             f"write nnspec: {FORMAT_VERSION} without quotes")  # fmt: skip
         if value != FORMAT_VERSION or isinstance(value, bool):
             raise ValueError(
                 f"unsupported format version {short_repr(value)}; this nnspec reads version {FORMAT_VERSION}"

@@ -321,12 +321,25 @@ def _json_depth_ok(text: str) -> bool:
     return True
 
 
+def _trailing_comma(text: str, pos: int) -> int | None:
+    """The offset of a comma right before a closing ``]``/``}`` at ``pos`` (whitespace between), if any."""
+    if pos >= len(text) or text[pos] not in "]}":
+        return None
+    before = len(text[:pos].rstrip())
+    return before - 1 if before and text[before - 1] == "," else None
+
+
 def parse_json(text: str, file: str) -> Document:
     if not _json_depth_ok(text):
         raise SpecError.single(f"nesting deeper than {MAX_DEPTH} levels", position=Position(file, 1, 1))
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_json_int)
     except json.JSONDecodeError as exc:
+        comma = _trailing_comma(text, exc.pos)
+        if comma is not None:  # json's own words ("Expecting value") name what it wanted, not what is wrong
+            line, col = text.count("\n", 0, comma) + 1, comma - text.rfind("\n", 0, comma)
+            message = "invalid JSON: trailing comma after the last item (JSON allows none; remove it)"
+            raise SpecError.single(message, position=Position(file, line, col)) from None
         raise SpecError.single(f"invalid JSON: {exc.msg}", position=Position(file, exc.lineno, exc.colno)) from None
     except _DuplicateJSONKey as exc:
         where = _find_key(text, exc.key, second=True) or Position(file, 1, 1)

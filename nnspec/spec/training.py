@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator, model_validator
 
 from nnspec.spec.kinds import Kind, KindsOf, shorthand_validator
 
@@ -297,6 +297,19 @@ class DataSection(Section):
 # -- train -----------------------------------------------------------------
 
 
+def _one_threads_error(value: object, handler):
+    """One message for a bad ``threads`` rather than one per member of the union ('auto', or 1..1024)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(f"expected 'auto' or a number of threads from 1 to 1024 (got {value!r})") from None
+
+
+Threads = Annotated[
+    Union[Literal["auto"], Annotated[int, Field(strict=True, ge=1, le=1024)]], WrapValidator(_one_threads_error)
+]
+
+
 class TrainSection(Section):
     epochs: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 10
     batch_size: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 64
@@ -308,6 +321,10 @@ class TrainSection(Section):
     kernels: Literal["auto", "torch", "triton"] = Field("auto", description="auto = Triton on CUDA, PyTorch on CPU")
     checkpoint_every: Annotated[int, Field(strict=True, ge=1)] | None = Field(
         None, description="also checkpoint every N steps (an epoch at batch size 1 is 60,000 steps)"
+    )
+    threads: Threads = Field(
+        "auto", description="torch CPU threads; auto = 1 for small steps (threads cost more than they save "
+        "there), the machine's cores for large ones"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import types
 import typing
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Annotated, Union, get_args, get_origin
 
@@ -304,13 +305,36 @@ def _class_of(annotation: Any, node: Any) -> type[BaseModel] | None:
 
 def _pydantic_diagnostics(exc: ValidationError, data: Any, positions: dict, doc: Document) -> list[Diagnostic]:
     out: list[Diagnostic] = []
-    for error in _one_story(data, exc.errors(include_url=False)):
-        path = _error_path(data, error)
+    errors = [(error, _error_path(data, error)) for error in _one_story(data, exc.errors(include_url=False))]
+    misspelt = _misspelt_required(data, errors)
+    for error, path in errors:
         if _under_placeholder(data, path):
             continue  # already reported as a shorthand error
+        if error["type"] == "missing" and path in misspelt:
+            continue  # the unknown field's "did you mean" already says it: one mistake, one error
         message = _message(error, data, path)
         out.append(Diagnostic(_position(positions, path, doc), dotted(path), message))
     return out
+
+
+def _misspelt_required(data: Any, errors: list[tuple[dict, KeyPath]]) -> set[KeyPath]:
+    """Paths of missing required fields that an unknown field beside them misspells (``kernal`` for ``kernel``).
+
+    Pydantic sees two problems there, a missing ``kernel`` and an unknown
+    ``kernal``; the writer made one, so only the unknown field (with its
+    did-you-mean) is reported.
+    """
+    missing = {path for error, path in errors if error["type"] == "missing" and path}
+    covered: set[KeyPath] = set()
+    for error, path in errors:
+        if error["type"] != "extra_forbidden" or not path:
+            continue
+        owner = path[:-1]
+        candidates = [p[-1] for p in missing if p[:-1] == owner and isinstance(p[-1], str)]
+        close = get_close_matches(str(path[-1]), candidates, n=1, cutoff=0.6)
+        if close:
+            covered.add((*owner, close[0]))
+    return covered
 
 
 def _one_story(data: Any, errors: list[dict]) -> list[dict]:
@@ -400,10 +424,27 @@ def _message(error: dict, data: Any, path: KeyPath) -> str:
         return f"missing required field '{path[-1]}'"
     if kind == "missing" and error["loc"] and isinstance(error["loc"][-1], int):
         return f"too few values: item {error['loc'][-1]} is missing"
+    value = error.get("input")
+    # Pydantic's wording speaks of Python types ("a valid tuple", "after validation"); a spec's
+    # writer wrote YAML or JSON, so these say what to write instead.
+    if kind in ("tuple_type", "list_type", "set_type"):
+        got = f" (got {short_repr(value)})" if isinstance(value, (int, float, str, bool)) else ""
+        if path == ("input",):
+            return f"expected a list of 1 to 3 sizes, e.g. [1, 28, 28] or [784]{got}"
+        return f"expected a list{got}"
+    if kind in ("too_short", "too_long"):
+        ctx = error.get("ctx", {})
+        bound = ctx.get("min_length" if kind == "too_short" else "max_length")
+        actual = ctx.get("actual_length")
+        items = lambda n: f"{n} item{'s' if n != 1 else ''}"  # noqa: E731
+        if path == ("model",) and kind == "too_short":
+            return "a model needs at least one layer; the list is empty"
+        if bound is not None and actual is not None:
+            return (f"needs at least {items(bound)}, got {actual or 'none'}" if kind == "too_short"
+                    else f"takes at most {items(bound)}, got {actual}")  # fmt: skip
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    value = error.get("input")
     if kind not in ("model_type", "dict_type", "list_type") and isinstance(value, (int, float, str, bool)) and kind != "value_error":
         message += f" (got {short_repr(value)})"
     return message[0].lower() + message[1:] if message else message

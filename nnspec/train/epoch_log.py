@@ -125,6 +125,31 @@ class EpochLog:
         loss_sum, correct, count = self._sums().tolist()
         return {"loss_sum": loss_sum, "correct": correct, "count": count}
 
+    def curve(self, points: int) -> list[tuple[int, float, float]]:
+        """The logged steps in at most ``points`` bins of consecutive steps: (steps so far, mean loss, accuracy).
+
+        The x of a bin is the number of logged steps at its end; its loss is
+        weighted by batch size, like the epoch's mean, and its accuracy counts
+        the bin's samples. Read once per epoch (it reads the device), for the
+        within-epoch curves in curves.png.
+        """
+        self.flush()
+        n = self.steps
+        if n == 0 or points < 1:
+            return []
+        losses = self.losses[:n].cpu()
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)
+        hits = (self.predictions[:self.count] == self.labels[:self.count]).cpu()
+        offsets = [0, *torch.cumsum(torch.tensor(self.sizes), 0).tolist()]
+        bounds = torch.linspace(0, n, min(points, n) + 1).round().long().tolist()
+        curve = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end > start:
+                weights = sizes[start:end]
+                loss = float((losses[start:end] * weights).sum() / weights.sum())
+                curve.append((end, loss, float(hits[offsets[start]:offsets[end]].double().mean())))
+        return curve
+
     def samples(self) -> int:
         """Samples logged so far this epoch on this rank (a progress bar's count; reads nothing from the device)."""
         return self.count + sum(outputs.shape[0] for _, outputs, _ in self.queue) + int(self.carried["count"])

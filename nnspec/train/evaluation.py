@@ -100,12 +100,37 @@ def _weight_files(spec: Spec, checkpoint: Path) -> list[Path]:
     return files
 
 
+#: How many mismatched tensors a "does not fit" message names before it says how many more there are.
+SHOWN_MISMATCHES = 3
+
+
+def state_dict_mismatches(expected: dict[str, Tensor], found: dict[str, Tensor]) -> list[str]:
+    """Every difference between the model's tensors and the file's, in the model's order, as short phrases.
+
+    torch's own message starts with a line that names no tensor ("Error(s) in
+    loading state_dict for SpecModel:"), which is all a one-line error keeps.
+    """
+    problems = []
+    for key, tensor in expected.items():
+        if key not in found:
+            problems.append(f"{key} missing from the file")
+        elif tuple(found[key].shape) != tuple(tensor.shape):
+            problems.append(f"{key} is {list(found[key].shape)} in the file, {list(tensor.shape)} in the spec's model")
+    problems += [f"{key} in the file is not in the spec's model" for key in found if key not in expected]
+    return problems
+
+
 def _load_model(spec: Spec, path: Path, device: torch.device) -> nn.Module:
     model = build(spec, device, spec.train.kernels)
     try:
         weights = ckpt.load_weights(path, device)
     except ckpt.CheckpointError as exc:
         raise RunError(f"cannot evaluate: {exc}", exit_code=2) from None
+    problems = state_dict_mismatches(model.state_dict(), weights)
+    if problems:
+        shown = "; ".join(problems[:SHOWN_MISMATCHES])
+        more = f"; and {len(problems) - SHOWN_MISMATCHES} more" if len(problems) > SHOWN_MISMATCHES else ""
+        raise RunError(f"{path} does not fit this spec's model: {shown}{more}", exit_code=2)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, OSError) as exc:
@@ -114,9 +139,26 @@ def _load_model(spec: Spec, path: Path, device: torch.device) -> nn.Module:
     return model
 
 
-def evaluate(spec: Spec | str | Path, *, checkpoint: str | Path, overrides: Sequence[str] = (),
+def result_table(result: dict[str, Any]) -> str:
+    """The evaluation's loss and accuracy per split, as ``nnspec eval`` prints them."""
+    from tabulate import tabulate
+
+    rows = [[s, f"{result.get(f'{s}_loss') or float('nan'):.4f}", f"{result[f'{s}_accuracy']:.4f}",
+             result[f"{s}_samples"]] for s in ("val", "test") if f"{s}_accuracy" in result]  # fmt: skip
+    return tabulate(rows, headers=["split", "loss", "accuracy", "samples"], tablefmt="simple")
+
+
+def evaluate(spec: Spec | str | Path | None, *, checkpoint: str | Path, overrides: Sequence[str] = (),
              quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Evaluate saved weights (a run directory or a .safetensors file) on the spec's test (and val) data."""
+    """Evaluate saved weights (a run directory or a .safetensors file) on the spec's test (and val) data.
+
+    ``spec=None`` uses the run's own ``spec.yaml`` (beside the weights): a run
+    trained with overrides is evaluated as it was trained.
+    """
+    if spec is None:
+        from nnspec.train.trainer import run_spec_file
+
+        spec = run_spec_file(checkpoint, "--checkpoint")
     resolved, base_dir = resolve_spec(spec, overrides)
     resolved = with_absolute_paths(resolved, base_dir)
     if resolved.data is None or resolved.loss is None:
@@ -135,9 +177,5 @@ def evaluate(spec: Spec | str | Path, *, checkpoint: str | Path, overrides: Sequ
             result.update({f"{split}_loss": loss, f"{split}_accuracy": accuracy, f"{split}_samples": len(y)})
     result.update(report.environment(device, 1))
     if not quiet:
-        rows = [[s, f"{result.get(f'{s}_loss') or float('nan'):.4f}", f"{result[f'{s}_accuracy']:.4f}",
-                 result[f"{s}_samples"]] for s in ("val", "test") if f"{s}_accuracy" in result]  # fmt: skip
-        from tabulate import tabulate
-
-        print(tabulate(rows, headers=["split", "loss", "accuracy", "samples"], tablefmt="simple"))
+        print(result_table(result))
     return result

@@ -58,8 +58,9 @@ class Run:
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     #: False: the final evaluation leaves the test split alone (a search trial selects on validation only).
     evaluate_test: bool = True
-    #: False: Ctrl-C does not suggest ``--resume`` (a search trial is continued by rerunning the search).
-    resume_hint: bool = True
+    #: The command that continues this run, printed on Ctrl-C; empty: no hint (a search trial is
+    #: continued by rerunning the search).
+    resume_hint: str = ""
 
     @property
     def bf16(self) -> bool:

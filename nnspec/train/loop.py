@@ -49,6 +49,15 @@ from nnspec.train.resume import load_checkpoint, publish_weights, save_checkpoin
 CHECK_EVERY = 64
 
 
+#: The within-epoch curves (metrics.jsonl's ``train_curve``, drawn in curves.png) keeps about this many
+#: points over a whole run: up to 200 per epoch, at least 4.
+CURVE_POINTS = 400
+
+
+def curve_points_per_epoch(epochs: int) -> int:
+    return max(4, min(200, CURVE_POINTS // max(epochs, 1)))
+
+
 #: Training batches are gathered from the dataset up to this many steps at a time, and up to this many
 #: bytes of inputs (see gathered_batches, and docs/training.md's "Overhead of the runner" for the choice).
 GATHER_STEPS = 64
@@ -154,7 +163,7 @@ def fit(run: Run, member: Member) -> tuple[Learner, Cursor]:
                 done = cursor.global_step
                 if done % CHECK_EVERY == 0 or (every and done % every == 0) or (poll_stop and run.stop.requested):
                     _between_steps(run, member, learner, cursor, log, clock, steps_per_epoch)
-                if progress.live:
+                if progress.enabled:
                     progress.update(cursor.step, log.samples, log.mean_loss)
             check_finite(log, dist)
             stop = _end_epoch(run, member, learner, cursor, log, clock)
@@ -206,6 +215,13 @@ def _end_epoch(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
         record.update(val_loss=val_loss, val_accuracy=val_accuracy)
     record.update(lr=learner.schedule.lrs()[0], seconds=seconds, cpu_seconds=cpu_seconds, samples=samples,
                   samples_per_s=samples / max(seconds, 1e-9))
+    # Within the epoch: [epoch + fraction done, mean loss, accuracy] of each bin of steps. After a
+    # mid-epoch resume it covers the steps taken since (the earlier ones were summed, not kept).
+    per_epoch, done_before = log.losses.numel(), log.losses.numel() - log.steps
+    record["train_curve"] = [
+        [round(cursor.epoch + (done_before + end) / per_epoch, 6), loss, accuracy]
+        for end, loss, accuracy in log.curve(curve_points_per_epoch(run.spec.train.epochs))
+    ]
     keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
     metrics = {key: record[key] for key in keys if key in record}
     try:
@@ -234,7 +250,7 @@ def _interrupt(run: Run, member: Member, learner: Learner, cursor: Cursor, log: 
         save_checkpoint(run, member, learner, cursor, log)
     if run.dist.is_main and run.resume_hint:  # printed even when quiet: it says how to get the work back
         print(f"nnspec: interrupted at epoch {cursor.epoch + 1}, step {cursor.step}; checkpoint saved. "
-              f"Continue with: nnspec train SPEC --resume {run.directory}", file=sys.stderr, flush=True)  # fmt: skip
+              f"Continue with: {run.resume_hint}", file=sys.stderr, flush=True)  # fmt: skip
     raise KeyboardInterrupt
 
 

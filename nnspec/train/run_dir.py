@@ -20,6 +20,7 @@ from nnspec.train.learner import Cursor, Learner, Member, Run, StopSignal, membe
 from nnspec.train.loop import fit
 from nnspec.train.progress import Progress
 from nnspec.train.resolve import Data, RunError
+from nnspec.train.threads import ThreadChoice
 
 
 def members(spec: Spec, directory: Path) -> list[Member]:
@@ -30,11 +31,14 @@ def members(spec: Spec, directory: Path) -> list[Member]:
 
 
 def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, dist: D.Dist, data: Data,
-             quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             evaluate_test: bool = True, resume_hint: bool = True) -> dict[str, Any]:  # fmt: skip
+             quiet: bool, resume_hint: str = "", threads: ThreadChoice | None = None, *,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None,
+             evaluate_test: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train every member of one run directory, evaluate, and write the summary.
 
-    ``on_epoch``, ``evaluate_test`` and ``resume_hint``: see :class:`~nnspec.train.learner.Run`.
+    ``resume_hint`` is the command that continues the run, printed on Ctrl-C (none when empty);
+    ``threads`` is how its thread count was chosen (recorded in the summary);
+    ``on_epoch`` and ``evaluate_test``: see :class:`~nnspec.train.learner.Run`.
     """
     wall = time.perf_counter()
     progress = Progress(enabled=not quiet and dist.is_main, world_size=dist.world_size)
@@ -52,11 +56,13 @@ def run_once(spec: Spec, base_dir: Path, directory: Path, device: torch.device, 
                                                  "seed": spec.train.seed})  # fmt: skip
             raise
     summary = _summarize(run, fitted, time.perf_counter() - wall)
+    if threads is not None:
+        summary.update(threads.to_json())
     if dist.is_main:
         records = [r for history in run.histories.values() for r in history]
         report.write_metrics(directory, records)
         report.write_summary(directory, summary)
-        report.plot_curves(directory, records)
+        report.plot_curves(directory, records, summary)
         if not quiet:
             print(f"\n{spec.name} (seed {spec.train.seed}) -> {directory}\n{report.final_table(summary)}")
     return summary
