@@ -113,7 +113,9 @@ class LinearLeakyReLU(Op):
         fwd = elt * (m * k + n * k + n + m * n)  # read x, W, b; write y
         if direction == "fwd":
             return fwd
-        sign = 2 * ((m * n + 7) // 8)  # one bit per element of the pre-activation sign, written + read
+        # The pre-activation sign is one byte per element (what nnspec's kernel writes; a bit
+        # mask would save 7/8 of it but costs a cross-lane pack): written by the forward, read back.
+        sign = 2 * m * n
         bwd = elt * (m * n + m * k + n * k) + elt * (m * k + n * k + n)  # read dy, x, W; write dx, dW, db
         return fwd + sign + bwd
 
