@@ -248,6 +248,14 @@ SUITES: dict[str, dict[str, list[tuple[tuple[int, ...], str]]]] = {
                                   ((4096, 131072), "vocab")],  # fmt: skip
         "batch_norm": [((128, 32, 28, 28), CNN), ((128, 64, 14, 14), CNN), ((64, 256, 56, 56), "large")],
     },
+    # tools/gpu-check.sh: the shapes the project's GPU targets are stated at - cross-entropy at
+    # vocabulary sizes, Linear+LeakyReLU at the MNIST shapes and 4096^3, BatchNorm at the CNN
+    # specs' shapes and a ResNet stage - in one short run.
+    "gpu-check": {
+        "linear_leaky_relu": [((128, 784, 200), MNIST), ((1024, 784, 200), MNIST), ((4096, 4096, 4096), "large")],
+        "softmax_cross_entropy": [((4096, c), "vocab") for c in (32768, 131072, 262144)],
+        "batch_norm": [((128, 32, 28, 28), CNN), ((128, 64, 14, 14), CNN), ((64, 256, 56, 56), "large")],
+    },
     # The sweep behind the plots.
     "full": {
         "linear_leaky_relu": [((128, 784, 200), MNIST), ((1024, 784, 200), MNIST)]
