@@ -131,7 +131,7 @@ step install 90 bash -c install_project
 if [ "$DRY" = 1 ]; then
     step precompile 60 "$PY" -m nnspec.bench.precompile --list
 else
-    step precompile 150 "$PY" -m nnspec.bench.precompile --gpu --processes "${GPU_CHECK_PROCESSES:-14}"
+    step precompile 150 "$PY" -m nnspec.bench.precompile --gpu --dtypes bfloat16,float32,float16 --processes "${GPU_CHECK_PROCESSES:-14}"
 fi
 
 PER_TEST=()

@@ -198,15 +198,15 @@ def _config_label(cfg) -> str:
     return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
 
 
-def aot_one(job: Job, kernel: str, index: int, arch: int) -> Compiled:
-    """Compile launch ``kernel`` of ``job`` with its ``index``-th kept config for sm_``arch``."""
+def aot_one(job: Job, kernel: str, label: str, arch: int) -> Compiled:
+    """Compile launch ``kernel`` of ``job`` with its kept config ``label`` for sm_``arch``."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     launch = next(la for la in record_launches(job) if la.kernel == kernel)
-    cfg = launch.configs[index]
+    cfg = next(c for c in launch.configs if _config_label(c) == label)
     sig, consts, attrs, desc = _specialise(launch.raw, launch.args, {**launch.kwargs, **cfg.kwargs})
     row = Compiled(job.label, kernel, _config_label(cfg), desc)
     t0 = time.perf_counter()
@@ -231,6 +231,25 @@ def aot_one(job: Job, kernel: str, index: int, arch: int) -> Compiled:
     return row
 
 
+def distinct_work(jobs: list[Job], arch: int = 90) -> list[tuple[str, Job, str, int, int]]:
+    """(key, job, kernel, config label, tile area) for every kept config of every launch of
+    every job, once per distinct compilation: launches of different jobs with the same
+    specialisation share one."""
+    work, seen = [], set()
+    for job in jobs:
+        for launch in record_launches(job):
+            for i, cfg in enumerate(launch.configs):
+                spec = _specialise(launch.raw, launch.args, {**launch.kwargs, **cfg.kwargs})
+                # the JIT's own cache key: the kernel's source, what it calls, Triton's version
+                key = "|".join((launch.raw.cache_key, str(arch), launch.kernel, repr(sorted(spec[0].items())),
+                                repr(sorted(spec[1].items(), key=str)), repr(sorted(spec[2])), _config_label(cfg),
+                                str(cfg.num_warps), str(cfg.num_stages)))  # fmt: skip
+                if key not in seen:
+                    seen.add(key)
+                    work.append((key, job, launch.kernel, _config_label(cfg), cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"]))
+    return work
+
+
 def aot_all(jobs: list[Job], arch: int = 90, processes: int | None = None, log=print,
             cache: str | None = None) -> list[Compiled]:  # fmt: skip
     """Every kept config of every launch of every job, compiled in parallel processes.
@@ -240,20 +259,7 @@ def aot_all(jobs: list[Job], arch: int = 90, processes: int | None = None, log=p
     version - the JIT's cache key -, the target, the specialisation and the config, so that
     only what changed is compiled again.
     """
-    work = []
-    seen = set()
-    for job in jobs:
-        for launch in record_launches(job):
-            for i, cfg in enumerate(launch.configs):
-                spec = _specialise(launch.raw, launch.args, {**launch.kwargs, **cfg.kwargs})
-                # the JIT's own cache key: the kernel's source, what it calls, Triton's version
-                key = "|".join((launch.raw.cache_key, str(arch), launch.kernel, repr(sorted(spec[0].items())),
-                                repr(sorted(spec[1].items(), key=str)), repr(sorted(spec[2])), _config_label(cfg),
-                                str(cfg.num_warps), str(cfg.num_stages)))  # fmt: skip
-                if key in seen:  # another job with the same specialisation: one compile serves both
-                    continue
-                seen.add(key)
-                work.append((key, job, launch.kernel, i, cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"]))
+    work = distinct_work(jobs, arch)
     done: dict = {}
     if cache and os.path.exists(cache):
         with open(cache) as f:
@@ -264,7 +270,7 @@ def aot_all(jobs: list[Job], arch: int = 90, processes: int | None = None, log=p
         log(f"{len(rows)} kernels from {cache}, {len(todo)} to compile")
     processes = processes or max(1, os.cpu_count() or 1)
     with ProcessPoolExecutor(processes) as pool:
-        futures = {pool.submit(aot_one, job, kernel, i, arch): key for key, job, kernel, i, _ in todo}
+        futures = {pool.submit(aot_one, job, kernel, label, arch): key for key, job, kernel, label, _ in todo}
         for fut in as_completed(futures):
             row = fut.result()
             rows.append(row)
@@ -285,14 +291,16 @@ def aot_all(jobs: list[Job], arch: int = 90, processes: int | None = None, log=p
 # --------------------------------------------------------------------------- on the GPU
 
 
-def gpu_one(job: Job, kernel: str, index: int) -> str:
+def gpu_one(job: Job, kernel: str, label: str) -> str:
     """Launch (and so compile into the shared cache) one kept config of one launch."""
     import triton
 
     dev = torch.device("cuda")
     budget = torch.cuda.get_device_properties(dev).shared_memory_per_block_optin
     launch = next(la for la in record_launches(job, "cuda", budget) if la.kernel == kernel)
-    cfg = launch.configs[index]
+    cfg = next((c for c in launch.configs if _config_label(c) == label), None)
+    if cfg is None:
+        return f"{job.label} {kernel} {label}: not kept on this GPU (shared memory {budget} B)"
     lin = _linear_module()
     tiles = {"fwd": ("M", "BLOCK_M", "N", "BLOCK_N"), "dx": ("M", "BLOCK_M", "K", "BLOCK_K"),
              "dw": ("N", "BLOCK_N", "K", "BLOCK_K")}[kernel]  # fmt: skip
@@ -307,27 +315,31 @@ def gpu_one(job: Job, kernel: str, index: int) -> str:
 
 def gpu_all(jobs: list[Job], processes: int, log=print) -> int:
     """Fill TRITON_CACHE_DIR with every kept config of every job; returns the failures."""
-    work = [(job, la.kernel, i) for job in jobs for la in record_launches(job)
-            for i in range(len(la.configs))]  # fmt: skip
+    work = sorted(distinct_work(jobs), key=lambda w: -w[4])  # big tiles compile slowest: first
     failures = 0
     with ProcessPoolExecutor(processes) as pool:
-        futures = {pool.submit(gpu_one, *w): w for w in work}
+        futures = {pool.submit(gpu_one, job, kernel, label): (job, kernel, label) for _, job, kernel, label, _ in work}
         for fut in as_completed(futures):
             try:
                 log(fut.result())
             except Exception as exc:  # noqa: BLE001
                 failures += 1
-                job, kernel, i = futures[fut]
-                log(f"{job.label} {kernel} config {i}: FAILED {type(exc).__name__}: {exc}")
+                job, kernel, label = futures[fut]
+                log(f"{job.label} {kernel} {label}: FAILED {type(exc).__name__}: {exc}")
     return failures
 
 
 # --------------------------------------------------------------------------- command line
 
-# The shapes that get autotuned on a GPU: the shipped MLP / CNN specs' fused layers at their
-# batch sizes (train 128, a last partial batch, eval 1000 / 10000), and the bench's 4096^3.
-DEFAULT_SHAPES = [(128, 784, 200), (96, 784, 200), (1000, 784, 200), (128, 3136, 128), (128, 1568, 256),
-                  (1, 784, 200), (4096, 4096, 4096)]  # fmt: skip
+# The shapes that get autotuned on a GPU, as (M, K, N): the shipped specs' fused layers at
+# their batch sizes (train, the last partial batch of an epoch, eval; the ablation baseline
+# trains at batch 1), the bench's (tiny, MNIST, 4096^3) and the CUDA tests'.
+DEFAULT_SHAPES = [
+    (32, 784, 200), (64, 784, 200), (96, 784, 200), (128, 784, 200), (1000, 784, 200), (10000, 784, 200),
+    (1, 784, 200), (1, 200, 10), (10000, 200, 10), (96, 3136, 128), (128, 3136, 128), (1000, 3136, 256),
+    (64, 96, 40), (1024, 784, 200), (4096, 4096, 4096),
+    (1, 64, 333), (300, 257, 333), (516, 1000, 333), (512, 384, 256), (231, 96, 130),
+]
 
 
 def parse_job_args(shapes: list[str] | None, dtypes: str) -> list[Job]:
