@@ -7,7 +7,7 @@
 #   tools/gpu-check.sh --dry-run         # anywhere, no GPU: every step on its CPU stand-in (CI runs this)
 #
 # Steps, in order, each under its own `timeout` (the smaller of its cap and the time left of
-# GPU_CHECK_BUDGET_S, default 420 s; GPU_CHECK_TIMEOUT_<STEP>=seconds overrides a cap; a step
+# GPU_CHECK_BUDGET_S, default 450 s; GPU_CHECK_TIMEOUT_<STEP>=seconds overrides a cap; a step
 # with under 5 s left is skipped, and says so):
 #   machine    GPU, driver, clocks (nvidia-smi), versions                      -> machine.json
 #   install    wheels/*.whl not already installed, then the project
@@ -44,7 +44,7 @@ WORK=$(mktemp -d -t nnspec-gpu-check.XXXXXX) || exit 1
 mkdir -p "$WORK/logs"
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 START=$(date +%s)
-BUDGET=${GPU_CHECK_BUDGET_S:-420}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 DEADLINE=$((START + BUDGET))
 LOG="$OUT/gpu-check.log"
 : > "$LOG"
@@ -60,7 +60,7 @@ fi
 echo "gpu-check: $([ "$DRY" = 1 ] && echo dry run || echo GPU run) of $REPO, budget ${BUDGET}s, python $PY" | tee -a "$LOG"
 
 summarize() {
-    timeout 60 "$PY" "$REPO/tools/gpu_check_report.py" summary "$OUT" "$WORK" >> "$WORK/logs/summary.log" 2>&1 \
+    timeout 15 "$PY" "$REPO/tools/gpu_check_report.py" summary "$OUT" "$WORK" >> "$WORK/logs/summary.log" 2>&1 \
         || echo "summary failed: see artifacts.tar.gz logs/summary.log" | tee -a "$LOG"
 }
 
@@ -131,7 +131,7 @@ step install 90 bash -c install_project
 if [ "$DRY" = 1 ]; then
     step precompile 60 "$PY" -m nnspec.bench.precompile --list
 else
-    step precompile 150 "$PY" -m nnspec.bench.precompile --gpu --dtypes bfloat16,float32,float16 --processes "${GPU_CHECK_PROCESSES:-14}"
+    step precompile 120 "$PY" -m nnspec.bench.precompile --gpu --dtypes bfloat16,float32,float16 --processes "${GPU_CHECK_PROCESSES:-14}"
 fi
 
 PER_TEST=()
@@ -139,7 +139,7 @@ PER_TEST=()
 if [ "$DRY" = 1 ]; then
     step tests 120 "$PY" -m pytest -m cuda -p no:cacheprovider -q --collect-only tests
 else
-    step tests 150 "$PY" -m pytest -m cuda -p no:cacheprovider -rA --durations=15 "${PER_TEST[@]}" \
+    step tests 120 "$PY" -m pytest -m cuda -p no:cacheprovider -rA --durations=15 "${PER_TEST[@]}" \
         --junitxml="$WORK/tests-cuda.xml" tests
 fi
 
@@ -149,7 +149,7 @@ for kernel in softmax_cross_entropy:ce linear_leaky_relu:linear batch_norm:bn; d
         step "bench-$name" 60 "$PY" -m nnspec.bench kernels --suite tiny --device cpu --only "${kernel%%:*}" \
             --peers eager --budget 0.01 --threads 1 --no-interpreter-check --out "$WORK/bench-$name"
     else
-        step "bench-$name" 90 "$PY" -m nnspec.bench kernels --suite gpu-check --device cuda --only "${kernel%%:*}" \
+        step "bench-$name" 70 "$PY" -m nnspec.bench kernels --suite gpu-check --device cuda --only "${kernel%%:*}" \
             --dtypes float32,bfloat16 --peers eager,compile --out "$WORK/bench-$name"
     fi
 done
@@ -158,13 +158,13 @@ if [ "$DRY" = 1 ]; then
     step models 90 "$PY" -m nnspec.bench models specs/mlp.yaml --device cpu --variants torch --budget 0.02 \
         --threads 1 --out "$WORK/bench-models"
 else
-    step models 90 "$PY" -m nnspec.bench models specs/mlp.yaml specs/mnist_cnn.yaml --device cuda \
+    step models 60 "$PY" -m nnspec.bench models specs/mlp.yaml specs/mnist_cnn.yaml --device cuda \
         --out "$WORK/bench-models"
 fi
 
 # ------------------------------------------------------------------------------ always
 cp "$OUT/steps.tsv" "$WORK/" 2>/dev/null
-(cd "$WORK" && timeout 60 tar czf "$OUT/artifacts.tar.gz" --exclude triton-cache --exclude hypothesis .) \
+(cd "$WORK" && timeout 15 tar czf "$OUT/artifacts.tar.gz" --exclude triton-cache --exclude hypothesis .) \
     || echo "packing artifacts.tar.gz failed" | tee -a "$LOG"
 summarize
 echo "gpu-check: done in $(( $(date +%s) - START ))s; report: $OUT/report.md" | tee -a "$LOG"
