@@ -59,12 +59,13 @@ FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, GROUP_M=8)
 # specs use.  What drives the register demand:
 #   * the accumulator tile over the threads: tiles of 128 x 128 and 64 x 128 need 8 warps
 #     (4 warps spilled at every dtype);
-#   * unaligned operands (a size or stride not a multiple of 16, as N = 200 of the MNIST layer):
-#     the loads cannot be asynchronous copies, so the pipelined stages wait in registers, and
-#     every tile from 128 x 128 up spilled 0.3-5 KB per thread;
-#   * IEEE float32 (TF32 off) has no tensor cores: tl.dot becomes FMAs on register operands,
-#     and the backward kernels - which also load, scale and cast grad_out in registers - keep
-#     only 64 x 64 tiles (8 warps) and 32 x 64.
+#   * unaligned operands (a size or stride not a multiple of 16, as N = 200 of the MNIST layer
+#     or K = 200 of the layer after it): the loads cannot be asynchronous copies, so the
+#     pipelined stages wait in registers; every tile from 128 x 128 up spilled 0.3-5 KB per
+#     thread, and with K unaligned the backward kernels (which also load, scale and cast
+#     grad_out in registers) spilled at 128 x 64 too;
+#   * IEEE float32 (TF32 off) has no tensor cores: tl.dot becomes FMAs on register operands;
+#     its backward keeps 64 x 64 (8 warps) and 32 x 64 tiles, and only 32 x 64 unaligned.
 # The float64 path has its own fixed config (FP64_CONFIG).
 _BIG = [(256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4)]
 _MID = [(128, 64, 64, 8, 4), (64, 128, 64, 8, 4), (128, 64, 32, 8, 4), (64, 128, 32, 8, 4)]
@@ -72,13 +73,13 @@ _SMALL = [(64, 64, 32, 8, 4), (64, 64, 32, 4, 5), (32, 64, 32, 4, 5)]
 KEPT = {
     # (operands, aligned) -> {"fwd": tiles, "bwd": tiles (dx and dW)}
     ("16-bit", True): {"fwd": _BIG + _MID + _SMALL, "bwd": _BIG + _MID + _SMALL},
-    ("16-bit", False): {"fwd": _MID + _SMALL, "bwd": [(128, 64, 64, 8, 4), (128, 64, 32, 8, 4)] + _SMALL},
+    ("16-bit", False): {"fwd": _MID + _SMALL, "bwd": [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
     ("tf32", True): {"fwd": _BIG[1:] + _MID + _SMALL, "bwd": [(128, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
     ("tf32", False): {"fwd": _MID + _SMALL, "bwd": [(128, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
     ("ieee", True): {"fwd": _BIG[1:] + _MID + [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)],
                      "bwd": [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
-    ("ieee", False): {"fwd": _MID + [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)],
-                      "bwd": [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
+    ("ieee", False): {"fwd": [(128, 64, 32, 8, 4), (64, 128, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)],
+                      "bwd": [(32, 64, 32, 4, 5)]},
 }
 
 
