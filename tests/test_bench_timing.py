@@ -107,6 +107,11 @@ def test_speedups_only_between_rows_timed_the_same_way():
     comp["method"] = "cuda-graph x20, L2 warm"
     K.add_speedups([ours, eager, comp])
     assert ours["speedup"] == {"eager": 4.0}
+    # the same timer with other per-row details (calls per block) is the same way
+    cpu = [_row("nnspec", 1e-3), _row("eager", 2e-3)]
+    cpu[0]["method"], cpu[1]["method"] = "cpu-timer (1 thr, 8/block, interleaved)", "cpu-timer (1 thr, 4/block, interleaved)"
+    K.add_speedups(cpu)
+    assert cpu[0]["speedup"] == pytest.approx({"eager": 2.0})
 
 
 def test_event_timer_sleep_outlasts_the_host_launch():
