@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -301,7 +302,6 @@ def gpu_one(job: Job, kernel: str, label: str) -> str:
     cfg = next((c for c in launch.configs if _config_label(c) == label), None)
     if cfg is None:
         return f"{job.label} {kernel} {label}: not kept on this GPU (shared memory {budget} B)"
-    lin = _linear_module()
     tiles = {"fwd": ("M", "BLOCK_M", "N", "BLOCK_N"), "dx": ("M", "BLOCK_M", "K", "BLOCK_K"),
              "dw": ("N", "BLOCK_N", "K", "BLOCK_K")}[kernel]  # fmt: skip
     named = dict(zip(launch.raw.arg_names, launch.args))
@@ -309,7 +309,6 @@ def gpu_one(job: Job, kernel: str, label: str) -> str:
     t0 = time.perf_counter()
     launch.raw[grid](*launch.args, **launch.kwargs, **cfg.all_kwargs())
     torch.cuda.synchronize()
-    del lin
     return f"{job.label} {kernel} {_config_label(cfg)}: {time.perf_counter() - t0:.1f}s"
 
 
@@ -317,7 +316,8 @@ def gpu_all(jobs: list[Job], processes: int, log=print) -> int:
     """Fill TRITON_CACHE_DIR with every kept config of every job; returns the failures."""
     work = sorted(distinct_work(jobs), key=lambda w: -w[4])  # big tiles compile slowest: first
     failures = 0
-    with ProcessPoolExecutor(processes) as pool:
+    # spawned, not forked: a child forked from a process that touched CUDA cannot use it
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(gpu_one, job, kernel, label): (job, kernel, label) for _, job, kernel, label, _ in work}
         for fut in as_completed(futures):
             try:
