@@ -156,6 +156,10 @@ def activate(module: ModuleType) -> ModuleType:
         if INTERPRET is None:
             # the setting triton.jit consults, read once: every kernel is built the same way
             INTERPRET = bool(real.knobs.runtime.interpret)
+        if INTERPRET:
+            problem = interpreter_numpy_problem(real.__version__, _numpy_version())
+            if problem:
+                raise RuntimeError(problem)
         for mod in (_SELF, module) if module is not _SELF else (_SELF,):
             namespace = vars(mod)
             for name, value in list(namespace.items()):
@@ -171,6 +175,40 @@ def activate(module: ModuleType) -> ModuleType:
 
 
 _SELF = sys.modules[__name__]
+
+
+def _numpy_version() -> str | None:
+    try:
+        return importlib.import_module("numpy").__version__
+    except ImportError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece else ""
+        if not digits or not piece[0].isdigit():
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def interpreter_numpy_problem(triton_version: str, numpy_version: str | None) -> str | None:
+    """Why Triton's interpreter cannot run with these versions, or None.
+
+    Triton before 3.7 converts one-element arrays to Python ints in its interpreter, which
+    NumPy 2.4 turned into a TypeError ("only 0-dimensional arrays can be converted to Python
+    scalars", triton-lang/triton#9171, fixed in 3.7.0).  Packaging cannot pin NumPy for that
+    combination only (a requirement marker cannot see which Triton is installed, and torch
+    pins its Triton), so the interpreter refuses it up front, with the two ways out.
+    """
+    if numpy_version is None:
+        return None
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1) fails with NumPy {numpy_version}: "
+                "install 'numpy<2.4' or 'triton>=3.7' (triton-lang/triton#9171)")
+    return None
 
 
 # --------------------------------------------------------------------------- shared helpers

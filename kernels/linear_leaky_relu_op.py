@@ -53,20 +53,46 @@ INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2)
 FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, GROUP_M=8)
 
 
+# The autotuning space, per operand class and kernel, as (BLOCK_M, BLOCK_N, BLOCK_K, warps,
+# stages).  Chosen so that no kept config spills registers on sm_90 (``ptxas -v``), which
+# tests/kernels/test_kernels_spills.py checks without a GPU at every layer shape the shipped
+# specs use.  What drives the register demand:
+#   * the accumulator tile over the threads: tiles of 128 x 128 and 64 x 128 need 8 warps
+#     (4 warps spilled at every dtype);
+#   * unaligned operands (a size or stride not a multiple of 16, as N = 200 of the MNIST layer
+#     or K = 200 of the layer after it): the loads cannot be asynchronous copies, so the
+#     pipelined stages wait in registers; every tile from 128 x 128 up spilled 0.3-5 KB per
+#     thread, and with K unaligned the backward kernels (which also load, scale and cast
+#     grad_out in registers) spilled at 128 x 64 too;
+#   * IEEE float32 (TF32 off) has no tensor cores: tl.dot becomes FMAs on register operands;
+#     its backward keeps 64 x 64 (8 warps) and 32 x 64 tiles, and only 32 x 64 unaligned.
+# The float64 path has its own fixed config (FP64_CONFIG).
+_BIG = [(256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4)]
+_MID = [(128, 64, 64, 8, 4), (64, 128, 64, 8, 4), (128, 64, 32, 8, 4), (64, 128, 32, 8, 4)]
+_SMALL = [(64, 64, 32, 8, 4), (64, 64, 32, 4, 5), (32, 64, 32, 4, 5)]
+KEPT = {
+    # (operands, aligned) -> {"fwd": tiles, "bwd": tiles (dx and dW)}
+    ("16-bit", True): {"fwd": _BIG + _MID + _SMALL, "bwd": _BIG + _MID + _SMALL},
+    ("16-bit", False): {"fwd": _MID + _SMALL, "bwd": [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
+    ("tf32", True): {"fwd": _BIG[1:] + _MID + _SMALL, "bwd": [(128, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
+    ("tf32", False): {"fwd": _MID + _SMALL, "bwd": [(128, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
+    ("ieee", True): {"fwd": _BIG[1:] + _MID + [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)],
+                     "bwd": [(64, 64, 32, 8, 4), (32, 64, 32, 4, 5)]},
+    ("ieee", False): {"fwd": [(128, 64, 32, 8, 4), (64, 128, 32, 8, 4), (64, 64, 32, 8, 4), (32, 64, 32, 4, 5)],
+                      "bwd": [(32, 64, 32, 4, 5)]},
+}
+
+
+def _tile(c) -> tuple[int, int, int, int, int]:
+    k = c.kwargs
+    return (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], c.num_warps, c.num_stages)
+
+
 def _configs():
-    cfg = []
-    for bm, bn, bk, warps, stages in [
-        (128, 128, 32, 4, 4),
-        (128, 256, 64, 8, 3),
-        (256, 128, 64, 8, 3),
-        (128, 64, 64, 4, 4),
-        (64, 128, 64, 4, 4),
-        (64, 64, 32, 4, 5),
-        (32, 64, 32, 4, 5),
-    ]:
-        cfg.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                 num_warps=warps, num_stages=stages))
-    return cfg
+    """Every tile any class keeps (each autotuner holds all; ``kept_configs`` picks per launch)."""
+    tiles = dict.fromkeys(t for lists in KEPT.values() for tl_ in lists.values() for t in tl_)
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in tiles]
 
 
 # --------------------------------------------------------------------------- Triton kernels
@@ -235,32 +261,77 @@ def _smem_budget(device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 0) or 160 * 1024
 
 
-def _pruner(operand, tile_elems):
-    """Drop configs whose pipelined operand tiles cannot fit in shared memory (fp32 and fp64
-    tiles are 2-4x the bf16 ones), rather than compiling them only to hit OutOfResources.
-    ``tile_elems(cfg)`` counts the elements of the two operand tiles of one stage."""
+# Per kernel: the operand whose element size sizes the tiles, and the elements of the two
+# operand tiles one pipeline stage holds.
+_TILES = {
+    "fwd": ("x_ptr", lambda c: c["BLOCK_K"] * (c["BLOCK_M"] + c["BLOCK_N"])),
+    "dx": ("w_ptr", lambda c: c["BLOCK_N"] * (c["BLOCK_M"] + c["BLOCK_K"])),
+    "dw": ("x_ptr", lambda c: c["BLOCK_M"] * (c["BLOCK_N"] + c["BLOCK_K"])),
+}
 
+
+def launch_kind(named_args) -> str:
+    """Which matmul kernel ``named_args`` (argument name -> value) are for."""
+    return "dx" if "dx_ptr" in named_args else "dw" if "dw_ptr" in named_args else "fwd"
+
+
+def operand_class(named_args, precision: str) -> tuple[str, bool]:
+    """(operands, aligned) of one launch, the key of :data:`KEPT`.
+
+    ``aligned``: every pointer 16-byte aligned and every integer argument (sizes, strides) a
+    multiple of 16 or 1 - exactly when Triton specialises them all as divisible by 16, which
+    is what lets it vectorise the loads and make them asynchronous copies.
+    """
+    aligned = True
+    for value in named_args.values():
+        if isinstance(value, torch.Tensor):
+            aligned &= value.data_ptr() % 16 == 0
+        elif isinstance(value, int) and not isinstance(value, bool):
+            aligned &= value % 16 == 0 or value == 1
+    t = named_args["w_ptr"] if "w_ptr" in named_args else named_args["x_ptr"]
+    if t.dtype == torch.float32:
+        return ("tf32" if precision == "tf32" else "ieee"), aligned
+    return "16-bit", aligned
+
+
+def kept_configs(configs, named_args, smem_budget, **kwargs):
+    """The configs worth compiling for one launch (the autotuner's early pruning).
+
+    Keeps the tiles :data:`KEPT` lists for the launch's operand class and kernel (those
+    that do not spill registers there), then drops those whose pipelined operand tiles
+    cannot fit in ``smem_budget`` bytes of shared memory (fp32 tiles are twice the bf16
+    ones) rather than compiling them only to hit OutOfResources.  Pure:
+    ``python -m nnspec.bench.precompile --aot`` calls it with sm_90's budget to compile,
+    without a GPU, exactly what a launch would keep.
+    """
+    kind = launch_kind(named_args)
+    operand, tile_elems = _TILES[kind]
+    wanted = set(KEPT[operand_class(named_args, kwargs.get("PRECISION", "ieee"))]["fwd" if kind == "fwd" else "bwd"])
+    ours = [c for c in configs if _tile(c) in wanted] or list(configs)
+    elt = named_args[operand].element_size()
+    fit = [c for c in ours if c.num_stages * tile_elems(c.kwargs) * elt <= smem_budget]
+    return fit or [min(ours, key=lambda c: c.num_stages * tile_elems(c.kwargs))]
+
+
+def _pruner():
     def prune(configs, named_args, **kwargs):
-        t = named_args[operand]
-        budget = _smem_budget(t.device)
-        fit = [c for c in configs
-               if c.num_stages * tile_elems(c.kwargs) * t.element_size() <= budget]
-        return fit or [min(configs, key=lambda c: c.num_stages * tile_elems(c.kwargs))]
+        device = named_args[_TILES[launch_kind(named_args)][0]].device
+        return kept_configs(configs, named_args, _smem_budget(device), **kwargs)
 
     return {"early_config_prune": prune}
 
 
 _fwd_tuned = triton.autotune(
     configs=_configs(), key=["M", "N", "K"],
-    prune_configs_by=_pruner("x_ptr", lambda c: c["BLOCK_K"] * (c["BLOCK_M"] + c["BLOCK_N"])),
+    prune_configs_by=_pruner(),
 )(_fwd_kernel)
 _dx_tuned = triton.autotune(
     configs=_configs(), key=["M", "N", "K"],
-    prune_configs_by=_pruner("w_ptr", lambda c: c["BLOCK_N"] * (c["BLOCK_M"] + c["BLOCK_K"])),
+    prune_configs_by=_pruner(),
 )(_bwd_dx_kernel)
 _dw_tuned = triton.autotune(
     configs=_configs(), key=["M", "N", "K"],
-    prune_configs_by=_pruner("x_ptr", lambda c: c["BLOCK_M"] * (c["BLOCK_N"] + c["BLOCK_K"])),
+    prune_configs_by=_pruner(),
 )(_bwd_dw_kernel)
 
 

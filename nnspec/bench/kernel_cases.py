@@ -113,7 +113,9 @@ class LinearLeakyReLU(Op):
         fwd = elt * (m * k + n * k + n + m * n)  # read x, W, b; write y
         if direction == "fwd":
             return fwd
-        sign = 2 * ((m * n + 7) // 8)  # one bit per element of the pre-activation sign, written + read
+        # The pre-activation sign is one byte per element (what nnspec's kernel writes; a bit
+        # mask would save 7/8 of it but costs a cross-lane pack): written by the forward, read back.
+        sign = 2 * m * n
         bwd = elt * (m * n + m * k + n * k) + elt * (m * k + n * k + n)  # read dy, x, W; write dx, dW, db
         return fwd + sign + bwd
 
@@ -244,6 +246,14 @@ SUITES: dict[str, dict[str, list[tuple[tuple[int, ...], str]]]] = {
                               ((8192, 8192, 8192), "large")],  # fmt: skip
         "softmax_cross_entropy": [((128, 10), MNIST), ((1024, 10), MNIST), ((4096, 32768), "vocab"),
                                   ((4096, 131072), "vocab")],  # fmt: skip
+        "batch_norm": [((128, 32, 28, 28), CNN), ((128, 64, 14, 14), CNN), ((64, 256, 56, 56), "large")],
+    },
+    # tools/gpu-check.sh: the shapes the project's GPU targets are stated at - cross-entropy at
+    # vocabulary sizes, Linear+LeakyReLU at the MNIST shapes and 4096^3, BatchNorm at the CNN
+    # specs' shapes and a ResNet stage - in one short run.
+    "gpu-check": {
+        "linear_leaky_relu": [((128, 784, 200), MNIST), ((1024, 784, 200), MNIST), ((4096, 4096, 4096), "large")],
+        "softmax_cross_entropy": [((4096, c), "vocab") for c in (32768, 131072, 262144)],
         "batch_norm": [((128, 32, 28, 28), CNN), ((128, 64, 14, 14), CNN), ((64, 256, 56, 56), "large")],
     },
     # The sweep behind the plots.

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
-SUITE_NAMES = ("tiny", "quick", "default", "full")
+SUITE_NAMES = ("tiny", "quick", "default", "gpu-check", "full")
 
 
 def _csv(text: str) -> list[str]:

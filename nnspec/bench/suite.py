@@ -90,7 +90,7 @@ def run_suite(args: argparse.Namespace, command_line: list[str]) -> int:
     torch.set_num_threads(threads)
     budget = _opt(args, "budget")
     if budget is None:
-        budget = 0.1 if on_cuda else {"tiny": 0.05, "quick": 0.15, "default": 0.3, "full": 0.5}[suite]
+        budget = 0.1 if on_cuda else {"tiny": 0.05, "quick": 0.15, "default": 0.3, "gpu-check": 0.1, "full": 0.5}[suite]
 
     interp = _opt(args, "interpreter_check")
     if interp is None:

@@ -4,9 +4,11 @@ Every timer returns a :class:`Stats` of *per-call* seconds: median, p10, p90, IQ
 number of samples, plus a short ``method`` string that the report prints next to the row so
 that nobody has to guess how a number was obtained.
 
-* CUDA, default: after a warm-up, each rep is ``flush.zero_(); start.record(); fn();
+* CUDA, default: after a warm-up, each rep is ``flush.zero_(); _sleep(); start.record(); fn();
   end.record()`` where ``flush`` is a buffer at least twice the size of the L2 cache, so
-  every rep starts with the operands in HBM, not L2.  The median of the reps is reported.
+  every rep starts with the operands in HBM, not L2, and ``torch.cuda._sleep`` holds the GPU
+  for longer than the host takes to enqueue one call, so the events see no launch gaps.
+  The median of the reps is reported.
 * CUDA graphs, for tiny ops whose time is dominated by kernel launches: ``inner`` calls are
   captured in one graph and the graph is replayed; per-call time = replay time / inner.
   The L2 cannot be flushed inside a graph, so these rows are "L2 warm" - which is also how
@@ -183,17 +185,40 @@ def time_cuda(fn: Callable[[], object], *, rep_ms: float = 100.0, warmup_ms: flo
     n_rep = int(min(max(rep_ms / est_ms, min_reps), max_reps))
     for _ in range(n_warm):
         fn()
+    # How long the host takes to enqueue one call (no sync inside: the GPU is still busy).
+    launches = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        launches.append(time.perf_counter() - t0)
+    cycles = sleep_cycles(sorted(launches)[1])
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     for i in range(n_rep):
         if cache is not None:
             cache.zero_()
+        # Keep the GPU busy while the host enqueues start, fn's kernels and end: otherwise,
+        # when enqueueing fn takes longer than the flush, the events time the host's launch
+        # gaps rather than the GPU's work.
+        torch.cuda._sleep(cycles)
         starts[i].record()
         fn()
         ends[i].record()
     torch.cuda.synchronize()
     samples = [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]
     return summarize(samples, "cuda-events, L2 flushed" if flush else "cuda-events, L2 warm")
+
+
+# A GPU clock no H100 / H200 exceeds (1.98 GHz boost): cycles counted at this rate last at
+# least as long as intended on any slower clock.
+MAX_GPU_HZ = 2.0e9
+
+
+def sleep_cycles(host_launch_s: float, margin: float = 1.5, floor_s: float = 20e-6, cap_s: float = 0.05) -> int:
+    """GPU clock cycles for ``torch.cuda._sleep`` to outlast enqueueing one call that took the
+    host ``host_launch_s``: ``margin`` times that, at least ``floor_s``, at most ``cap_s``."""
+    seconds = min(max(host_launch_s * margin, floor_s), cap_s)
+    return int(seconds * MAX_GPU_HZ)
 
 
 def time_cuda_graph(fn: Callable[[], object], *, inner: int = 20, rep_ms: float = 100.0, min_reps: int = 10,

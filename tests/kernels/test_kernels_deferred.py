@@ -67,7 +67,7 @@ def test_activation_builds_real_kernels_once():
             assert isinstance(k, JITFunction), k
         for tuned, raw in ((LIN._fwd_tuned, LIN._fwd_kernel), (LIN._dw_tuned, LIN._bwd_dw_kernel)):
             assert isinstance(tuned, Autotuner) and tuned.fn is raw
-            assert len(tuned.configs) == 7 and all(isinstance(c, triton.Config) for c in tuned.configs)
+            assert len(tuned.configs) == len(LIN._configs()) and all(isinstance(c, triton.Config) for c in tuned.configs)
         # one helper kernel, one JITFunction, whichever module imported it
         assert LIN.join_f64 is CE.join_f64 is BN.join_f64 is _triton.join_f64
         # a reference taken before activation forwards to the real kernel
@@ -92,3 +92,31 @@ def test_activation_under_the_interpreter():
     assert _triton.INTERPRET and CE.INTERPRET
     assert isinstance(CE._ce_fwd_kernel, InterpretedFunction)
     assert isinstance(_triton.join_f64, InterpretedFunction) and CE.join_f64 is _triton.join_f64
+
+
+def test_interpreter_refuses_triton_before_3_7_with_numpy_2_4():
+    from nnspec.kernels._triton import interpreter_numpy_problem
+
+    problem = interpreter_numpy_problem("3.6.0", "2.4.1")
+    assert problem and "numpy<2.4" in problem and "triton>=3.7" in problem
+    assert interpreter_numpy_problem("3.6.0", "2.5.2")
+    assert interpreter_numpy_problem("3.2.0+git4a1b2c", "2.4.0rc1")
+    for ok in (("3.6.0", "2.3.5"), ("3.7.0", "2.4.1"), ("3.9.0", "2.5.2"), ("3.6.0", None)):
+        assert interpreter_numpy_problem(*ok) is None, ok
+
+
+def test_interpreter_activation_says_which_versions_clash():
+    # The check runs where the interpreter is switched on, before any kernel is interpreted.
+    code = """
+        import numpy, triton
+        triton.__version__, numpy.__version__ = "3.6.0", "2.4.2"
+        import torch
+        import nnspec.kernels as K
+        try:
+            K.linear_leaky_relu(torch.ones(2, 3), torch.ones(4, 3), backend="triton")
+        except RuntimeError as e:
+            print("REFUSED", e)
+    """
+    proc = _run_python(code, TRITON_INTERPRET="1")
+    assert "REFUSED Triton 3.6.0's interpreter (TRITON_INTERPRET=1) fails with NumPy 2.4.2" in proc.stdout, \
+        proc.stdout + proc.stderr
