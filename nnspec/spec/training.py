@@ -295,6 +295,9 @@ class TrainSection(Section):
     checkpoint_every: Annotated[int, Field(strict=True, ge=1)] | None = Field(
         None, description="also checkpoint every N steps (an epoch at batch size 1 is 60,000 steps)"
     )
+    compile: Flag = Field(
+        False, description="compile the whole training step with torch.compile (a CUDA graph on CUDA); see docs/training.md"
+    )
 
 
 # -- regularization --------------------------------------------------------
