@@ -216,9 +216,13 @@ class CompiledStep:
                  optimizer: torch.optim.Optimizer, *, noise_generator: torch.Generator | None = None,
                  augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
                  augment_generator: torch.Generator | None = None, backend: str = "inductor",
-                 bf16: bool = False, autograd_in_graph: bool = True, on_compile: Callable[[tuple[int, ...], float], None] | None = None):  # fmt: skip
+                 bf16: bool = False, autograd_in_graph: bool = True, after_step: Callable[[], None] | None = None,
+                 on_compile: Callable[[tuple[int, ...], float], None] | None = None):  # fmt: skip
         reg = spec.regularization
         self.model, self.optimizer, self.on_compile = model, optimizer, on_compile
+        self.after_step = after_step  # the schedule's per-step advance, eager: it only writes group["lr"]
+        # torch's schedulers warn when they step before the optimizer has; the compiled update is that step
+        optimizer._opt_called = True  # type: ignore[attr-defined]
         self.augment, self.augment_generator = augment, augment_generator
         self.noise_std, self.noise_generator = reg.input_noise, noise_generator
         self.compiled_shapes: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
@@ -366,6 +370,8 @@ class CompiledStep:
             self.compiled_shapes[key] = seconds
             if self.on_compile is not None:
                 self.on_compile(key[0], seconds)
+        if self.after_step is not None:
+            self.after_step()
         if self.cuda:  # the graph's pool is reused by the next replay; the epoch log keeps these
             loss, outputs = loss.clone(), outputs.clone()
         return loss, outputs

@@ -297,5 +297,6 @@ def make_compiled_step(run: Run, learner: Learner, backend: str | None = None) -
         noise_generator=learner.generators["noise"],
         augment=learner.augment if spec.data.augment else None,  # type: ignore[union-attr]
         augment_generator=learner.generators["augment"], backend=backend or compile_backend(), bf16=run.bf16,
-        autograd_in_graph=not uses_custom_ops(spec, run.device), on_compile=on_compile,
+        autograd_in_graph=not uses_custom_ops(spec, run.device), after_step=learner.schedule.after_step,
+        on_compile=on_compile,
     )  # fmt: skip
