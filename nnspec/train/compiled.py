@@ -360,7 +360,7 @@ class CompiledStep:
         noise = None
         if self.noise_std:  # drawn exactly as regularize.noisy_inputs draws it
             noise = torch.randn(x.shape, generator=self.noise_generator, device=x.device, dtype=x.dtype)
-        key = (tuple(x.shape), tuple(y.shape))
+        key = (x.shape, y.shape)  # torch.Size is a tuple: hashable as it is
         if key in self.compiled_shapes:
             loss, outputs = self._run(x, y, noise)
         else:
@@ -369,7 +369,7 @@ class CompiledStep:
             seconds = time.perf_counter() - start
             self.compiled_shapes[key] = seconds
             if self.on_compile is not None:
-                self.on_compile(key[0], seconds)
+                self.on_compile(tuple(key[0]), seconds)
         if self.after_step is not None:
             self.after_step()
         if self.cuda:  # the graph's pool is reused by the next replay; the epoch log keeps these
