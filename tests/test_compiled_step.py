@@ -134,7 +134,8 @@ def test_inductor_step_matches_eager_and_records_its_compile_time(spec_file: Pat
     shapes = [s["shape"] for s in compiled["compile"]["shapes"]]
     assert shapes == ["16x1x8x8", "8x1x8x8"]
     assert compiled["compile"]["seconds"] > 0
-    out = capsys.readouterr().out + capsys.readouterr().err
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "compiled the training step for batches of shape 16x1x8x8 in" in out
     assert_close_weights(tmp_path / "eager", tmp_path / "compiled")
 
