@@ -219,6 +219,8 @@ class CompiledStep:
                  bf16: bool = False, autograd_in_graph: bool = True, after_step: Callable[[], None] | None = None,
                  on_compile: Callable[[tuple[int, ...], float], None] | None = None):  # fmt: skip
         reg = spec.regularization
+        if reg.adversarial is not None:  # validation refuses it with train.compile; this is for direct callers
+            raise ValueError("regularization.adversarial cannot be compiled: FGSM differentiates inside the step")
         self.model, self.optimizer, self.on_compile = model, optimizer, on_compile
         self.after_step = after_step  # the schedule's per-step advance, eager: it only writes group["lr"]
         # torch's schedulers warn when they step before the optimizer has; the compiled update is that step
