@@ -15,8 +15,8 @@ from nnspec.spec.model import Spec
 #: (key path of the option, why the compiled step cannot take it), checked in this order.
 _REFUSED = (
     (("regularization", "adversarial"),
-     "cannot be compiled (train.compile: true): FGSM takes a gradient with respect to the inputs inside the "
-     "step, a second differentiation the compiled step does not trace; set train.compile: false"),
+     ("cannot be compiled (train.compile: true): FGSM takes a gradient with respect to the inputs inside the "
+      "step, a second differentiation the compiled step does not trace; set train.compile: false")),
 )
 
 
