@@ -54,10 +54,6 @@ from nnspec.train.optim import DECAY_KEY, split_parameters
 #: ``update(param, grad, state, lr)``: one optimizer's in-place update of one parameter.
 Update = Callable[[Tensor, Tensor, dict[str, Tensor], Tensor], None]
 
-#: The state tensors each optimizer keeps per parameter (torch's names), created when absent.
-OptionsOf = Callable[[T.Kind], dict[str, Any]]
-
-
 def _sgd(kind: T.SGD) -> tuple[Update, tuple[str, ...]]:
     momentum, nesterov = kind.momentum, kind.nesterov
 
@@ -245,6 +241,8 @@ class CompiledStep:
             self.groups.append((lr, decay, members))
         self._lrs = [float(group["lr"]) for group in optimizer.param_groups]
         if self.cuda:  # CUDA graphs: tensors the graph mutates must keep their addresses between replays
+            for tensor in [*params.values(), *buffers.values()]:  # reached through dicts, not module attributes
+                torch._dynamo.mark_static_address(tensor)
             for lr, _, members in self.groups:
                 torch._dynamo.mark_static_address(lr)
                 for _, state in members:
