@@ -243,6 +243,64 @@ def measure(case: Case, epochs: int, repeats: int, threads: int) -> dict:
     return {"case": case.name, "rates": rates, "ratios": ratios, "compile_s": compile_s}
 
 
+def in_process(blocks: int, block_steps: int) -> dict:
+    """The batch-1 SGD case's three step functions alternated in short blocks in one process.
+
+    A supplement for a loaded machine: each round times ``block_steps`` steps of the eager step
+    (the runner's ``make_step`` closure body: forward, loss, zero_grad, backward, fused SGD), the
+    compiled step (:class:`CompiledStep`, called as the runner calls it) and the hand-derived
+    floor, back to back, so that the three see nearly the same load; the ratios are per round.
+    No runner loop around them: this isolates the step.
+    """
+    from nnspec.compiler import build, build_loss
+    from nnspec.train.compiled import CompiledStep
+    from nnspec.train.optim import build_optimizer
+
+    case = CASES[0]
+    spec = loads_spec(case.spec.replace("EPOCHS", "1"))
+    torch.manual_seed(0)
+    eager_model, compiled_model = build(spec), build(spec)
+    compiled_model.load_state_dict(eager_model.state_dict())
+    loss = build_loss(spec).bound()
+    eager_opt, compiled_opt = build_optimizer(spec, eager_model), build_optimizer(spec, compiled_model)
+    compiled = CompiledStep(spec, compiled_model, loss, compiled_opt)
+    w1, b1, w2, b2 = (p.detach().clone() for p in eager_model.parameters())
+    floor = torch.compile(floor_step(case.floor, w1, b1, w2, b2, 0.01), fullgraph=True, dynamic=False)
+    x = torch.rand(block_steps, 1, 28, 28)
+    y = torch.randint(0, 10, (block_steps,))
+    batches = list(zip(x.split(1), y.split(1)))
+
+    def eager_block() -> None:
+        for xb, yb in batches:
+            out = eager_model(xb)
+            value = loss(out, yb)
+            eager_opt.zero_grad(set_to_none=True)
+            value.backward()
+            eager_opt.step()
+
+    def compiled_block() -> None:
+        for xb, yb in batches:
+            compiled(xb, yb)
+
+    def floor_block() -> None:
+        with torch.no_grad():
+            for xb, yb in batches:
+                floor(xb, yb)
+
+    loops = {"eager": eager_block, "compiled": compiled_block, "floor": floor_block}
+    for run in loops.values():  # compile and warm up
+        run()
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(blocks):
+        for name, run in loops.items():
+            start = time.perf_counter()
+            run()
+            rates[name].append(block_steps / (time.perf_counter() - start))
+    ratios = {f"{a}/{b}": [ra / rb for ra, rb in zip(rates[a], rates[b])]
+              for a, b in (("compiled", "eager"), ("compiled", "floor"), ("eager", "floor"))}  # fmt: skip
+    return {"rates": rates, "ratios": ratios}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
@@ -250,9 +308,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--case", default="", help="only the cases whose name contains this")
     parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--in-process", type=int, metavar="ROUNDS",
+                        help="instead: the batch-1 SGD step functions alternated in 500-step blocks in one process")
     parser.add_argument("--worker", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.in_process:
+        before = os.getloadavg()
+        result = in_process(args.in_process, 500)
+        print(f"torch {torch.__version__}, CPU, {args.threads} thread(s); load average {before} before, "
+              f"{os.getloadavg()} after; {args.in_process} rounds of 500 steps each")  # fmt: skip
+        rows = [[name, f"{statistics.median(v):,.0f}"] for name, v in result["rates"].items()]
+        rows += [[name, _median_iqr(v)] for name, v in result["ratios"].items()]
+        print(tabulate(rows, tablefmt="github", headers=["784-200-10 sigmoid/MSE SGD, batch 1", "steps/s or ratio (IQR)"]))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"load_before": before, "load_after": os.getloadavg(), **result}))
+        return
     cases = [case for case in CASES if args.case in case.name]
     if not cases:
         parser.error(f"no case matches {args.case!r}; the cases are: {', '.join(case.name for case in CASES)}")
