@@ -177,3 +177,34 @@ def test_compiled_run_killed_with_sigkill_resumes_bit_identical(spec_file: Path,
         assert torch.equal(a[name], b[name]), f"{name} differs after resuming"
     train(spec_file, overrides=[*LONG[:-1], "train.compile=false"], resume=eager_copy, quiet=True)
     assert_close_weights(reference, eager_copy, atol=1e-4)
+
+
+def test_multi_process_training_is_refused_when_compiled():
+    from types import SimpleNamespace
+
+    from nnspec.train.learner import make_compiled_step
+    from nnspec.train.resolve import RunError
+
+    run = SimpleNamespace(dist=SimpleNamespace(enabled=True), spec=None)
+    with pytest.raises(RunError, match="train.compile: true trains one process") as info:
+        make_compiled_step(run, None)  # type: ignore[arg-type]
+    assert info.value.exit_code == 2
+
+
+def test_the_study_report_says_which_step_mode_produced_it():
+    from nnspec.bench.study import markdown
+
+    machine = {"cpu": "cpu", "logical_cpus": 2, "parallel_runs": 1, "threads_per_run": 1, "python": "3",
+               "torch": "2", "git_commit": "abc"}  # fmt: skip
+
+    def row(variant: str, compiled: bool) -> dict:
+        return {"variant": variant, "spec": f"specs/{variant}.yaml", "change": "", "published_text": "", "runs": 1,
+                "test_accuracy_mean": 0.9, "test_accuracy_std": 0.0, "delta_points": None, "wall_time_s_mean": 1.0,
+                "samples_per_s_mean": 1.0, "compiled": compiled, "compile_s_mean": 12.0 if compiled else 0.0}  # fmt: skip
+
+    def text(*rows: dict) -> str:
+        return markdown("t", list(rows), machine, "cmd", "", ("change", "published"))
+
+    assert "Training step: eager (`train.compile: false`)." in text(row("a", False), row("b", False))
+    assert "Training step: **compiled**" in text(row("a", True)) and "a 12 s" in text(row("a", True))
+    assert "mixed — a compiled, b eager" in text(row("a", True), row("b", False))
