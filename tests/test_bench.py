@@ -110,10 +110,10 @@ def test_quick_report_models_and_interpreter(quick):
     _, report, _ = quick
     rows = {r["variant"]: r for r in report["models"]}
     cpu = report["machine"]["device"] == "cpu"
-    assert set(rows) == {"nnspec-triton", "torch", "torch+compile"}
+    assert set(rows) == {"nnspec-triton", "torch", "torch+compile", "torch+step-compile"}
     if cpu:
         assert rows["nnspec-triton"]["status"] == "skipped"
-    for v in ("torch", "torch+compile"):
+    for v in ("torch", "torch+compile", "torch+step-compile"):
         r = rows[v]
         assert r["status"] == "ok", r["reason"]
         assert r["samples_per_s"]["median"] > 0 and r["step_ms"]["median"] > 0

@@ -6,6 +6,9 @@ For each spec, every variant starts from the *same* weights:
   on a CPU the row is skipped: the Triton interpreter is never timed),
 * ``torch``         - ``kernels="torch"``: the same model on plain PyTorch modules,
 * ``torch+compile`` - the torch variant's forward + loss under ``torch.compile(dynamic=False)``.
+* ``torch+step-compile`` - the whole training step of the torch variant compiled, as
+  ``train.compile: true`` runs it (:class:`nnspec.train.compiled.CompiledStep`: forward,
+  loss, backward and the optimizer update in one graph; a CUDA graph on CUDA).
 
 Before timing, each variant's eval-mode outputs and loss on one batch are checked against a
 float64 copy of the model; a wrong variant is marked failed and not timed.  The timed loop
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from nnspec.bench.kernels import compare
 from nnspec.bench.timing import summarize, synchronize
 
-VARIANTS = ("nnspec-triton", "torch", "torch+compile")
+VARIANTS = ("nnspec-triton", "torch", "torch+compile", "torch+step-compile")
 
 
 @dataclass
@@ -119,6 +122,23 @@ def _loss_fn(spec, device: torch.device, kernels: str):
     if spec.loss is None:
         return (lambda out, y: F.cross_entropy(out, y)), "cross_entropy (spec has no loss)"
     return build_loss(spec, str(device), kernels), spec.loss.type
+
+
+def _compiled_step(spec, model, loss_fn, opt, bf16: bool, pool_x: list, pool_y: list) -> Callable[[int], None]:
+    """The ``torch+step-compile`` step: the training runner's compiled step on this model and optimizer."""
+    from nnspec.compiler import SpecLoss
+    from nnspec.spec import training as T
+    from nnspec.train.compiled import CompiledStep
+
+    if spec.optimizer is None:  # the compiled update is written per spec optimizer kind
+        spec = spec.model_copy(update={"optimizer": T.SGD(lr=0.01)})
+    loss = loss_fn.bound() if isinstance(loss_fn, SpecLoss) else loss_fn
+    compiled = CompiledStep(spec, model, loss, opt, bf16=bf16)
+
+    def step(i: int) -> None:
+        compiled(pool_x[i % 4], pool_y[i % 4])
+
+    return step
 
 
 def _variant_kernels(variant: str) -> str:
@@ -230,6 +250,9 @@ def bench_spec(path: str, ctx: ModelContext, variants: list[str]) -> list[dict]:
                 loss.backward()
                 opt.step()
 
+            if variant == "torch+step-compile":
+                step = _compiled_step(spec, model, loss_fn, opt, bf16, pool_x, pool_y)
+
             synchronize(dev)
             t0 = time.perf_counter()
             step(0)
@@ -271,7 +294,7 @@ def bench_spec(path: str, ctx: ModelContext, variants: list[str]) -> list[dict]:
             # drop every reference to this variant's model before building the next one
             model = opt = fwd = loss_fn = fwd_loss = step = out = loss = None  # noqa: F841
             gc.collect()
-            if variant == "torch+compile":
+            if variant in ("torch+compile", "torch+step-compile"):
                 torch._dynamo.reset()
 
     torch_row = next((r for r in rows if r["variant"] == "torch" and r["status"] == "ok"), None)

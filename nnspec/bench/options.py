@@ -62,7 +62,7 @@ def _model_opts(p: argparse.ArgumentParser, sub: bool) -> None:
     g = p.add_argument_group("model suite")
     g.add_argument("--batch-size", type=int, default=d(None), metavar="N", help="default: the spec's train.batch_size")
     g.add_argument("--variants", type=_csv, default=d(None), metavar="V[,V]",
-                   help="nnspec-triton, torch, torch+compile (default: all)")  # fmt: skip
+                   help="nnspec-triton, torch, torch+compile, torch+step-compile (default: all)")  # fmt: skip
     g.add_argument("--accuracy", action="store_true", default=d(False),
                    help="also train each spec fully (nnspec.train): test accuracy, time to accuracy")  # fmt: skip
     g.add_argument("--target-accuracy", type=float, default=d(None), metavar="FRACTION",

@@ -142,6 +142,9 @@ def collect(entries: list[Entry], seeds: list[int], runs: Path) -> list[dict]:
                 wall_time_s_mean=statistics.fmean(s["wall_time_s"] for s in finished),
                 samples_per_s_mean=statistics.fmean(s["samples_per_s"] for s in finished),
                 epochs=finished[0].get("epochs_run"),
+                # summaries written before train.compile existed have no "compile": they ran eagerly
+                compiled=all(s.get("compile", {}).get("enabled", False) for s in finished),
+                compile_s_mean=statistics.fmean(s.get("compile", {}).get("seconds", 0.0) for s in finished),
                 delta_points=None if entry.published is None else 100 * (_mean_std(accuracy)[0] - entry.published),
             )
         rows.append(row)
@@ -166,13 +169,22 @@ def markdown(title: str, rows: list[dict], machine: dict, command: str, notes: s
             _accuracy_cell(r),
             delta, f"{r['wall_time_s_mean']:.0f} s", f"{r['samples_per_s_mean']:,.0f}",
         ])  # fmt: skip
+    ran = [r for r in rows if r["runs"]]
+    modes = {r["compiled"] for r in ran}
+    if modes == {True}:
+        step = ("Training step: **compiled** (`train.compile: true`, Inductor); compile time per run "
+                + ", ".join(f"{r['variant']} {r['compile_s_mean']:.0f} s" for r in ran) + " (included in the wall times).")
+    elif modes == {False}:
+        step = "Training step: eager (`train.compile: false`)."
+    else:
+        step = "Training step: mixed — " + ", ".join(f"{r['variant']} {'compiled' if r['compiled'] else 'eager'}" for r in ran) + "."
     headers = ["variant", *comparison, "measured test accuracy % (mean ± std)", "Δ points", "wall time / run", "samples/s"]
     lines = [
         f"# {title}", "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine['cpu']} ({machine['logical_cpus']} logical CPUs), "
         f"up to {machine['parallel_runs']} run(s) of this study at a time, {machine['threads_per_run']} intra-op thread each; "
         f"Python {machine['python']}, torch {machine['torch']}, nnspec commit {machine['git_commit']}.", "",
-        f"Reproduce: `{command}`", "",
+        f"Reproduce: `{command}`", "", step, "",
         tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
         notes,
     ]  # fmt: skip
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = collect(entries, seeds, runs)
     machine = _machine(args.threads, args.jobs)
     command = f"python -m nnspec.bench.study {args.study} --seeds {args.seeds} --jobs {args.jobs} --threads {args.threads}"
+    command += "".join(f" --set {override}" for override in args.set)
     notes = Path(args.notes).read_text() if args.notes else ""
     if args.study == "ablation":
         notes = f"**Source of the published figures.** {ABLATION_SOURCE}\n\n" + notes

@@ -34,6 +34,7 @@ from nnspec.spec.layers import (
     Softmax,
     fmt,
 )
+from nnspec.spec.compiling import compile_problems
 from nnspec.spec.model import Spec
 from nnspec.spec.runnable import runnable_findings
 from nnspec.spec.shapes import ShapedLayer, infer_shapes, walk
@@ -72,6 +73,7 @@ def meaning_findings(spec: Spec) -> list[Finding]:
     findings += _loss_findings(spec, shaped)
     findings += _data_findings(spec, shaped)
     findings += _schedule_findings(spec)
+    findings += [Finding(path, message) for path, message in compile_problems(spec)]
     findings += _init_findings(spec, shaped)
     findings += runnable_findings(spec, shaped)
     return findings

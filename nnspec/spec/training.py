@@ -326,6 +326,9 @@ class TrainSection(Section):
         "auto", description="torch CPU threads; auto = 1 for small steps (threads cost more than they save "
         "there), the machine's cores for large ones"
     )
+    compile: Flag = Field(
+        False, description="compile the whole training step with torch.compile (a CUDA graph on CUDA); see docs/training.md"
+    )
 
 
 # -- regularization --------------------------------------------------------

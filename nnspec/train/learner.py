@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class Run:
     #: The command that continues this run, printed on Ctrl-C; empty: no hint (a search trial is
     #: continued by rerunning the search).
     resume_hint: str = ""
+    #: with train.compile: seconds of each first call per batch shape, over every member ("8x1x28x28": s)
+    compile_seconds: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def bf16(self) -> bool:
@@ -224,6 +227,8 @@ def make_step(run: Run, learner: Learner) -> StepFn:
     ``weight`` rescales this rank's mean loss so that DDP's gradient average
     equals the gradient of the global batch's mean even when shards differ in size.
     """
+    if run.spec.train.compile:
+        return make_compiled_step(run, learner)
     spec, reg = run.spec, run.spec.regularization
     net, model, loss_fn, optimizer = learner.net, learner.model, learner.loss_fn, learner.optimizer
     compute_loss = loss_fn.bound()  # the loss as a plain function: no nn.Module call per step
@@ -262,3 +267,44 @@ def make_step(run: Run, learner: Learner) -> StepFn:
         return loss, outputs
 
     return step
+
+
+#: ``torch.compile`` backend of the compiled step: ``inductor`` (generated code, what runs are for) unless
+#: $NNSPEC_COMPILE_BACKEND names another (``aot_eager``: the same traced graph run by eager kernels, used by
+#: tests and to tell a tracing problem from a code-generation one).
+def compile_backend() -> str:
+    return os.environ.get("NNSPEC_COMPILE_BACKEND", "inductor")
+
+
+def uses_custom_ops(spec: Spec, device: torch.device) -> bool:
+    """Whether the model and loss call nnspec's Triton kernels (custom ops), which torch.func cannot differentiate."""
+    kernels = spec.train.kernels
+    return kernels == "triton" or (kernels == "auto" and device.type == "cuda")
+
+
+def make_compiled_step(run: Run, learner: Learner, backend: str | None = None) -> StepFn:
+    """:func:`make_step` for ``train.compile: true``: the same step as one compiled graph (:mod:`.compiled`).
+
+    Each new batch shape's compile time is shown as a progress message and
+    kept in ``run.compile_seconds`` for ``summary.json``.
+    """
+    from nnspec.train.compiled import CompiledStep  # imports torch._dynamo: only runs that compile pay for it
+
+    if run.dist.enabled:
+        raise RunError("train.compile: true trains one process; multi-process (DDP) training runs eagerly: "
+                       "set train.compile: false", exit_code=2)  # fmt: skip
+    spec = run.spec
+
+    def on_compile(shape: tuple[int, ...], seconds: float) -> None:
+        label = "x".join(map(str, shape))
+        run.compile_seconds.append((label, seconds))
+        run.progress.message(f"compiled the training step for batches of shape {label} in {seconds:.1f} s")
+
+    return CompiledStep(
+        spec, learner.model, learner.loss_fn.bound(), learner.optimizer,
+        noise_generator=learner.generators["noise"],
+        augment=learner.augment if spec.data.augment else None,  # type: ignore[union-attr]
+        augment_generator=learner.generators["augment"], backend=backend or compile_backend(), bf16=run.bf16,
+        autograd_in_graph=not uses_custom_ops(spec, run.device), after_step=learner.schedule.after_step,
+        on_compile=on_compile,
+    )  # fmt: skip

@@ -105,9 +105,10 @@ def publish_weights(run: Run, member: Member, learner: Learner) -> None:
             ckpt.save_weights(member.directory / ckpt.WEIGHTS, learner.model.state_dict(), meta)
 
 
-#: What may change when resuming: how long to train and how often to checkpoint/evaluate, nothing that
-#: would make the resumed steps differ from the ones the run was taking.
-RESUMABLE_CHANGES = frozenset({"train.epochs", "train.checkpoint_every", "train.eval_batch_size"})
+#: What may change when resuming: how long to train, how often to checkpoint/evaluate, and whether the
+#: step is compiled (the same steps, equal to rounding; the checkpoint does not depend on it), nothing
+#: that would make the resumed steps differ from the ones the run was taking.
+RESUMABLE_CHANGES = frozenset({"train.epochs", "train.checkpoint_every", "train.eval_batch_size", "train.compile"})
 
 
 def check_resume(spec: Spec, directory: Path) -> None:

@@ -99,6 +99,7 @@ def _summarize(run: Run, fitted: list[tuple[Learner, Cursor]], wall_s: float) ->
         "batch_size": spec.train.batch_size,
         "precision": spec.train.precision,
         "kernels": spec.train.kernels,
+        "compile": _compile_record(run),
         **report.environment(run.device, run.dist.world_size),
     }
     best = [learner.stopper.best_epoch for learner in learners if learner.stopper is not None]
@@ -107,6 +108,14 @@ def _summarize(run: Run, fitted: list[tuple[Learner, Cursor]], wall_s: float) ->
     if spec.ensemble is not None and run.evaluate_test:
         summary["members"] = [_member_metrics(run, learner) for learner in learners]
     return summary
+
+
+def _compile_record(run: Run) -> dict[str, Any]:
+    """Whether the step was compiled, and the wall time of each shape's first (compiling) call."""
+    if not run.spec.train.compile:
+        return {"enabled": False}
+    shapes = [{"shape": label, "seconds": seconds} for label, seconds in run.compile_seconds]
+    return {"enabled": True, "seconds": sum(s["seconds"] for s in shapes), "shapes": shapes}
 
 
 def _member_metrics(run: Run, learner: Learner) -> dict[str, Any]:
