@@ -19,6 +19,10 @@ For every (kernel, shape, dtype, direction) *group* the suite
 
 The Triton interpreter is a correctness tool: :func:`interpreter_checks` runs our Triton
 kernels through it on tiny shapes (CPU only, optional) and records errors, never times.
+
+One module, a little over 500 lines, because steps 1-5 are one procedure per group whose
+decisions feed each other (a row that fails its check is not timed; graph timing is chosen
+for the whole group); what is measured - the ops and the shape suites - is kernel_cases.py.
 """
 
 from __future__ import annotations
