@@ -176,3 +176,24 @@ def test_error_lines_and_echoed_values_are_capped(tmp_path: Path):
         for line in str(info.value).splitlines():
             assert len(line) <= 300, len(line)
         assert secret not in str(info.value)
+
+
+def test_npz_last_batch_of_one_is_refused_at_batch_size_when_the_data_is_loaded(tmp_path: Path):
+    """An npz file's size is unknown to validation: train refuses at train.batch_size, no traceback."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.normal(size=(33, 16)).astype("float32"),
+             y_train=rng.integers(0, 3, 33), x_test=rng.normal(size=(4, 16)).astype("float32"),
+             y_test=rng.integers(0, 3, 4))  # fmt: skip
+    spec = dict(BASE, input=[16], model=[{"linear": 8}, "batch_norm", "relu", {"linear": 3}],
+                data={"dataset": "npz", "path": str(tmp_path / "d.npz")})  # fmt: skip
+    path = tmp_path / "npz.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    load_spec(path)  # validation cannot know the size
+    with pytest.raises(SpecError) as info:
+        train(path, out=tmp_path / "run", quiet=True)
+    message = str(info.value)
+    assert "train.batch_size" in message and "(33 training samples, batch_size 16)" in message
+    assert f"{path}:" in message
+    assert not (tmp_path / "run").exists()  # refused before a run directory was made

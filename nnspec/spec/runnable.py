@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from nnspec.spec.layers import BatchNorm, fmt
 from nnspec.spec.model import Spec
-from nnspec.spec.shapes import ShapedLayer, walk
+from nnspec.spec.shapes import ShapedLayer, infer_shapes, walk
 
 if TYPE_CHECKING:  # meaning imports this module; the Finding type is only for annotations
     from nnspec.spec.meaning import Finding
@@ -61,22 +61,31 @@ def train_samples(spec: Spec) -> int | None:
 
 def _batch_norm_findings(spec: Spec, shaped: list[ShapedLayer]) -> list["Finding"]:
     """Batch norm on one value per channel cannot train on a batch of one sample."""
+    message = _one_sample_batch(spec, shaped, train_samples(spec))
+    return [_finding(("train", "batch_size"), message)] if message else []
+
+
+def one_sample_batch_problem(spec: Spec, samples: int) -> str | None:
+    """The same check once the training set is loaded and its size known (an npz file's is not
+    before), for ``train.batch_size``; None when the batches are fine."""
+    shaped, _ = infer_shapes(spec.model, spec.input)
+    return _one_sample_batch(spec, shaped, samples)
+
+
+def _one_sample_batch(spec: Spec, shaped: list[ShapedLayer], samples: int | None) -> str | None:
     single = [node for node in walk(shaped) if isinstance(node.layer, BatchNorm) and math.prod(node.in_shape[1:]) == 1]
     if not single or spec.data is None:
-        return []
+        return None
     batch = spec.train.batch_size
     layer = f"batch_norm at {'.'.join(map(str, single[0].path))} (input {fmt(single[0].in_shape)})"
     if batch == 1:
-        return [_finding(("train", "batch_size"), (
-            f"{layer} needs at least 2 samples per training batch; batch_size 1 gives it one value per channel"
-        ))]
-    samples = train_samples(spec)
+        return f"{layer} needs at least 2 samples per training batch; batch_size 1 gives it one value per channel"
     if samples is not None and samples > 0 and samples % batch == 1:
-        return [_finding(("train", "batch_size"), (
+        return (
             f"the last batch of each epoch holds 1 sample ({samples} training samples, batch_size {batch}), "
             f"and {layer} cannot train on one value per channel; pick a batch_size that does not leave one sample"
-        ))]
-    return []
+        )
+    return None
 
 
 def _data_findings(spec: Spec) -> list["Finding"]:

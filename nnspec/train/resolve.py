@@ -20,6 +20,7 @@ from nnspec.data.datasets import DataError, load_dataset, prepare
 from nnspec.errors import Diagnostic, SpecError, dotted
 from nnspec.spec.model import Spec
 from nnspec.spec.overrides import apply_overrides
+from nnspec.spec.runnable import one_sample_batch_problem
 from nnspec.spec.source import Document, load_document
 from nnspec.spec.validate import check_files, validate_document
 
@@ -154,6 +155,17 @@ def load_data(spec: Spec, device: torch.device) -> Data:
     moved = [t.to(device) for t in tensors], [t.to(device) for t in labels]
     (x_train, x_val, x_test), (y_train, y_val, y_test) = moved
     return Data(x_train, y_train, x_val, y_val, x_test, y_test, dataset.num_classes)
+
+
+def check_batches(spec: Spec, data: Data) -> None:
+    """Refuse batches that training would fail on, now that the training set's size is known.
+
+    Validation checks this where the spec fixes the size (mnist, synthetic); an npz file's is
+    known only once loaded, and a traceback from inside the first epoch is no way to learn it.
+    """
+    message = one_sample_batch_problem(spec, len(data.y_train))
+    if message is not None:
+        raise SpecError([problem(spec, ("train", "batch_size"), message)])
 
 
 def _as_input(spec: Spec, x: Tensor, sample_shape: tuple[int, ...]) -> Tensor:

@@ -38,6 +38,7 @@ from nnspec.train.evaluation import evaluate
 from nnspec.train.resolve import (
     Data,
     RunError,
+    check_batches,
     check_trainable,
     load_data,
     resolve_device_type,
@@ -126,6 +127,7 @@ def train(spec: Spec | str | Path | None, *, overrides: Sequence[str] = (), out:
         if busy and not quiet and dist.is_main:
             print(busy, file=sys.stderr)
         data = load_data(resolved, device)  # before creating a directory that a data error would leave empty
+        check_batches(resolved, data)
         directory = Path(resume) if resume is not None else new_run_dir(resolved, out, dist)
         seed_dirs = sorted(directory.glob("seed_*")) if resume is not None else []
         if resume is not None and len(seed_dirs) != (seeds if seeds > 1 else 0):
