@@ -24,9 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +33,8 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch import Tensor
 
-from nnspec.bench.overhead import Timing, hand_timing
+from nnspec.bench.overhead import Timing, hand_timing, in_fresh_process, one_hot_bce, one_hot_mse
+from nnspec.bench.overhead import runner_timing as overhead_runner_timing
 from nnspec.data.datasets import load_dataset, prepare
 from nnspec.spec import loads_spec
 from nnspec.spec.model import Spec
@@ -50,14 +48,6 @@ class Case:
     floor: str | None  # "sigmoid-mse" or "relu-ce": the hand-derived step of this MLP; None: no floor
 
 
-def _one_hot_mse(outputs: Tensor, labels: Tensor) -> Tensor:
-    return F.mse_loss(outputs, F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype))
-
-
-def _one_hot_bce(outputs: Tensor, labels: Tensor) -> Tensor:
-    return F.binary_cross_entropy(outputs, F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype))
-
-
 CASES: list[Case] = [
     Case("ablation 784-200-10 sigmoid/MSE, SGD, batch 1", """\
 nnspec: 1
@@ -68,7 +58,7 @@ loss: mse
 optimizer: {sgd: 0.01}
 data: {dataset: synthetic, synthetic: {samples: 4096, test_samples: 16}}
 train: {epochs: EPOCHS, batch_size: 1, shuffle: false}
-""", _one_hot_mse, "sigmoid-mse"),
+""", one_hot_mse, "sigmoid-mse"),
     Case("ablation 784-200-10 LeakyReLU+LayerNorm/BCE, Adam, batch 1", """\
 nnspec: 1
 name: step-ablation-adam-ln
@@ -78,7 +68,7 @@ loss: bce
 optimizer: adam
 data: {dataset: synthetic, synthetic: {samples: 4096, test_samples: 16}}
 train: {epochs: EPOCHS, batch_size: 1, shuffle: false}
-""", _one_hot_bce, None),
+""", one_hot_bce, None),
     Case("mlp 784-256-10 ReLU/CE, SGD, batch 64", """\
 nnspec: 1
 name: step-mlp-64
@@ -129,15 +119,8 @@ LOOPS = ("eager", "compiled", "hand", "floor")
 
 
 def runner_timing(spec: Spec, compile: bool, timing: Timing) -> float | None:
-    """Train with the runner; record every epoch after the first; return the compile seconds."""
-    from nnspec.train import train
-
-    with tempfile.TemporaryDirectory() as directory:
-        summary = train(spec, overrides=[f"train.compile={str(compile).lower()}"], out=Path(directory) / "run",
-                        quiet=True)  # fmt: skip
-        lines = [json.loads(line) for line in (Path(directory) / "run" / "metrics.jsonl").read_text().splitlines()]
-    for line in lines[1:]:
-        timing.add(lines[0]["step"], line["seconds"], line["cpu_seconds"])
+    """Train with the runner (compiled or not); record every epoch after the first; return the compile seconds."""
+    summary = overhead_runner_timing(spec, timing, overrides=[f"train.compile={str(compile).lower()}"])
     return summary["compile"].get("seconds")
 
 
@@ -209,12 +192,7 @@ def worker(case: Case, loop: str, epochs: int) -> dict:
 
 
 def fresh_process(case: Case, loop: str, epochs: int, threads: int) -> dict:
-    command = [sys.executable, "-m", "nnspec.bench.compiled_step", "--worker", loop, "--case", case.name,
-               "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{loop} worker for {case.name!r} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_fresh_process("nnspec.bench.compiled_step", case.name, loop, epochs, threads)
 
 
 def _median_iqr(values: list[float]) -> str:

@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +64,14 @@ class Case:
     hand_loss: Callable[[Tensor, Tensor], Tensor]
 
 
-def _one_hot_mse(outputs: Tensor, labels: Tensor) -> Tensor:
+def one_hot_mse(outputs: Tensor, labels: Tensor) -> Tensor:
+    """The spec's ``mse`` on class labels, as a hand-written loop computes it."""
     return F.mse_loss(outputs, F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype))
+
+
+def one_hot_bce(outputs: Tensor, labels: Tensor) -> Tensor:
+    """The spec's ``bce`` on class labels, as a hand-written loop computes it."""
+    return F.binary_cross_entropy(outputs, F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype))
 
 
 CASES: list[Case] = [
@@ -101,7 +107,7 @@ loss: mse
 optimizer: {sgd: 0.01}
 data: {dataset: synthetic, synthetic: {samples: 4096, test_samples: 16}}
 train: {epochs: EPOCHS, batch_size: 1, shuffle: false}
-""", _one_hot_mse),
+""", one_hot_mse),
 ]
 
 
@@ -117,15 +123,16 @@ class Timing:
         self.cpu.append(steps / cpu_s)
 
 
-def runner_timing(spec: Spec, timing: Timing) -> None:
-    """Train with the runner; record every epoch after the first (from metrics.jsonl)."""
+def runner_timing(spec: Spec, timing: Timing, overrides: Sequence[str] = ()) -> dict:
+    """Train with the runner; record every epoch after the first (from metrics.jsonl); return the summary."""
     from nnspec.train import train
 
     with tempfile.TemporaryDirectory() as directory:
-        train(spec, out=Path(directory) / "run", quiet=True)
+        summary = train(spec, overrides=overrides, out=Path(directory) / "run", quiet=True)
         lines = [json.loads(line) for line in (Path(directory) / "run" / "metrics.jsonl").read_text().splitlines()]
     for line in lines[1:]:
         timing.add(lines[0]["step"], line["seconds"], line["cpu_seconds"])
+    return summary
 
 
 def hand_timing(spec: Spec, loss_fn: Callable[[Tensor, Tensor], Tensor], timing: Timing, tracked: bool = False) -> None:
@@ -177,14 +184,19 @@ def worker(case: Case, loop: str, epochs: int) -> Timing:
     return timing
 
 
-def fresh_process(case: Case, loop: str, epochs: int, threads: int) -> Timing:
-    """``worker`` in a new Python process; its timings come back as a JSON line."""
-    command = [sys.executable, "-m", "nnspec.bench.overhead", "--worker", loop, "--case", case.name,
+def in_fresh_process(module: str, case_name: str, loop: str, epochs: int, threads: int) -> dict:
+    """``python -m module --worker loop …`` in a new Python process; its result comes back as a JSON line."""
+    command = [sys.executable, "-m", module, "--worker", loop, "--case", case_name,
                "--epochs", str(epochs), "--threads", str(threads)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{loop} worker for {case.name!r} failed:\n{done.stderr.strip()}")
-    return Timing(**json.loads(done.stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f"{loop} worker for {case_name!r} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fresh_process(case: Case, loop: str, epochs: int, threads: int) -> Timing:
+    """``worker`` in a new Python process (see the module docstring for why)."""
+    return Timing(**in_fresh_process("nnspec.bench.overhead", case.name, loop, epochs, threads))
 
 
 @dataclass
