@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -106,3 +110,16 @@ def no_host_sync():
     finally:
         for n, f in saved.items():
             setattr(torch.Tensor, n, f)
+
+
+def run_python(code: str, **env_overrides: str | None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (import-time behaviour needs one); an override of
+    None removes that variable from the environment."""
+    env = dict(os.environ)
+    for key, value in env_overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)

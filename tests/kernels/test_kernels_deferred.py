@@ -2,29 +2,13 @@
 activation turns their kernels into real Triton objects."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 import nnspec.kernels as K
-from nnspec_kernel_helpers import INTERPRETER
+from nnspec_kernel_helpers import INTERPRETER, run_python
 
 OPS = ("batch_norm_op", "cross_entropy_op", "linear_leaky_relu_op")
-
-
-def _run_python(code, **env_overrides):
-    env = dict(os.environ)
-    for k, v in env_overrides.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_op_modules_import_without_triton():
@@ -46,7 +30,7 @@ def test_op_modules_import_without_triton():
         assert "triton" not in sys.modules
         print("ok")
     """ % (OPS,)
-    out = _run_python(code)
+    out = run_python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -76,7 +60,7 @@ def test_activation_builds_real_kernels_once():
         assert _dispatch.load("batch_norm_op", torch.device("cuda")) is BN  # activated once
         print("ok")
     """ % (OPS,)
-    out = _run_python(code, TRITON_INTERPRET=None)
+    out = run_python(code, TRITON_INTERPRET=None)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -117,6 +101,6 @@ def test_interpreter_activation_says_which_versions_clash():
         except RuntimeError as e:
             print("REFUSED", e)
     """
-    proc = _run_python(code, TRITON_INTERPRET="1")
+    proc = run_python(code, TRITON_INTERPRET="1")
     assert "REFUSED Triton 3.6.0's interpreter (TRITON_INTERPRET=1) fails with NumPy 2.4.2" in proc.stdout, \
         proc.stdout + proc.stderr

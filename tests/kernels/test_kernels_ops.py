@@ -1,18 +1,13 @@
 """The nnspec::* custom ops: registration checks, torch.export, torch.compile, dispatch."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import nnspec.kernels as K
 from nnspec.kernels import _dispatch
-from nnspec_kernel_helpers import INTERPRETER, assert_matches
+from nnspec_kernel_helpers import INTERPRETER, assert_matches, run_python
 
 OP_BACKENDS = [
     "torch",
@@ -199,17 +194,6 @@ def test_compile_fullgraph_aot_eager(backend):
 # --------------------------------------------------------------------------- dispatch
 
 
-def _run_python(code, **env_overrides):
-    env = dict(os.environ)
-    for k, v in env_overrides.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_cpu_path_never_imports_triton():
     code = """
         import sys
@@ -227,7 +211,7 @@ def test_cpu_path_never_imports_triton():
         assert "triton" not in sys.modules, sorted(m for m in sys.modules if "triton" in m)
         print("ok")
     """
-    out = _run_python(code)
+    out = run_python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -242,7 +226,7 @@ def test_triton_backend_on_cpu_without_interpreter_raises():
             assert "TRITON_INTERPRET" in str(e), e
             print("ok")
     """
-    out = _run_python(code, TRITON_INTERPRET=None)
+    out = run_python(code, TRITON_INTERPRET=None)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
