@@ -99,6 +99,42 @@ def test_compiled_step_matches_the_eager_step_over_50_steps(spec_file: Path, tmp
     assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
 
 
+def test_the_step_keeps_the_guards_that_can_fail():
+    """The step drops most of Dynamo's guards for speed (``step_guards``); the two that must still fire do.
+
+    A new batch shape (the epoch's last, smaller batch) must get its own graph, not the other
+    shape's; a model switched to eval mode must run dropout as eval does, not replay training.
+    """
+    from nnspec.compiler import build, build_loss
+    from nnspec.spec import loads_spec
+    from nnspec.train.compiled import GUARD_FILTER_SUPPORTED, CompiledStep
+    from nnspec.train.optim import build_optimizer
+
+    assert GUARD_FILTER_SUPPORTED, "this torch cannot filter guards: the compiled step pays for all of them"
+    spec = loads_spec(SPEC.replace("dropout: 0.0", "dropout: 0.5"))
+    torch.manual_seed(0)
+    model = build(spec)
+    step = CompiledStep(spec, model, build_loss(spec).bound(), build_optimizer(spec, model), backend="aot_eager")
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+
+    def expected(inputs: torch.Tensor) -> torch.Tensor:  # the outputs the step reports are before its update
+        with torch.no_grad():
+            return model(inputs)
+
+    torch.manual_seed(1)
+    want = expected(x)
+    torch.manual_seed(1)
+    _, got = step(x, y)
+    torch.testing.assert_close(got, want)  # training mode: the same dropout mask from the same seed
+    _, got = step(x[:3], y[:3])
+    assert got.shape == (3, 10)  # a new shape, a new graph
+    model.eval()
+    for inputs, labels in ((x, y), (x[:3], y[:3])):
+        want = expected(inputs)
+        _, got = step(inputs, labels)
+        torch.testing.assert_close(got, want)  # eval mode: no dropout, in either shape's graph
+
+
 def test_an_option_that_cannot_be_compiled_is_refused_at_its_position(tmp_path: Path):
     path = tmp_path / "fgsm.yaml"
     path.write_text(SPEC.replace("train: {epochs: 2, batch_size: 16}",
