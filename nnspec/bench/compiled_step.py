@@ -201,6 +201,11 @@ def _median_iqr(values: list[float]) -> str:
     return f"{statistics.median(ordered):.2f} ({q1:.2f}..{q3:.2f})"
 
 
+def _steps_per_s(rate: float) -> str:
+    """A rate for the table: whole steps, or one decimal where whole steps would hide the differences (the CNN)."""
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+
+
 def measure(case: Case, epochs: int, repeats: int, threads: int) -> dict:
     """Interleaved repeats of every loop; per-repeat ratios of median epoch rates (wall clock)."""
     loops = [loop for loop in LOOPS if loop != "floor" or case.floor]
@@ -318,8 +323,8 @@ def main(argv: list[str] | None = None) -> None:
         rate = {loop: statistics.median(values) for loop, values in r["rates"].items()}
         ratio = r["ratios"]
         rows.append([
-            r["case"], f"{rate['eager']:,.0f}", f"{rate['hand']:,.0f}", f"{rate['compiled']:,.0f}",
-            f"{rate['floor']:,.0f}" if "floor" in rate else "n/a",
+            r["case"], _steps_per_s(rate["eager"]), _steps_per_s(rate["hand"]), _steps_per_s(rate["compiled"]),
+            _steps_per_s(rate["floor"]) if "floor" in rate else "n/a",
             _median_iqr(ratio["compiled/eager"]), _median_iqr(ratio["compiled/hand"]),
             _median_iqr(ratio["compiled/floor"]) if "compiled/floor" in ratio else "n/a",
             _median_iqr(ratio["eager/floor"]) if "eager/floor" in ratio else "n/a",
